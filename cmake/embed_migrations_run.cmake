@@ -1,0 +1,18 @@
+# Script mode: writes OUT from FILES (see embed_migrations.cmake).
+set(body "/* generated from SQL migrations; do not edit */\n#include \"ac_db.h\"\n\n")
+string(APPEND body "const ac_migration_t ${PREFIX}_migrations[] = {\n")
+foreach(f ${FILES})
+  get_filename_component(name ${f} NAME_WE)
+  string(REGEX MATCH "^[0-9]+" version "${name}")
+  if(NOT version)
+    message(FATAL_ERROR "migration ${f} does not start with a number")
+  endif()
+  math(EXPR version "${version}")
+  file(READ ${f} hex HEX)
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "\\\\x\\1" esc "${hex}")
+  # break the literal into lines of 32 bytes so compilers stay happy
+  string(REGEX REPLACE "((\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f]))" "\\1\"\n    \"" esc "${esc}")
+  string(APPEND body "    {${version}, \"${name}\",\n    \"${esc}\"},\n")
+endforeach()
+string(APPEND body "    {0, NULL, NULL},\n};\n")
+file(WRITE ${OUT} "${body}")

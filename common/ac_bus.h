@@ -1,0 +1,104 @@
+/* ac_bus.h — ZeroMQ, in one place: sockets on the libev loop, the service publisher that
+ * feeds the bus input, and the subscriber that routes inbound events by a table of
+ * protobuf descriptors. No other module includes <zmq.h>.
+ *
+ * Wire format: two frames, [topic][Envelope bytes]; topic is the event type without
+ * prefix and version ("ticket.created"), so prefix subscriptions ("ticket.") work.
+ *
+ * Owns: one process-wide ZeroMQ context (created on first use, ended by
+ * ac_bus_shutdown()), each object's socket and watchers. */
+#ifndef AC_BUS_H
+#define AC_BUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "aftercare/v1/envelope.pb-c.h"
+#include "ac_err.h"
+
+struct ev_loop;
+struct ac_metrics;
+
+/* --- raw sockets on the loop (the bus daemon and tools use these) ----------------------- */
+typedef struct ac_zsock ac_zsock_t;
+typedef enum {
+    AC_ZSOCK_PUB,
+    AC_ZSOCK_SUB,
+    AC_ZSOCK_XPUB,
+    AC_ZSOCK_XSUB,
+    AC_ZSOCK_ROUTER,
+    AC_ZSOCK_DEALER,
+} ac_zsock_type_t;
+
+#define AC_FRAMES_MAX 8
+/* A received multipart message. Frames beyond AC_FRAMES_MAX are counted but dropped. */
+typedef struct ac_frames {
+    size_t n;                     /* frames received (may exceed AC_FRAMES_MAX) */
+    size_t len[AC_FRAMES_MAX];
+    uint8_t *data[AC_FRAMES_MAX]; /* owned; freed by ac_frames_clear() */
+} ac_frames_t;
+void ac_frames_clear(ac_frames_t *f);
+
+typedef void (*ac_zsock_fn)(ac_zsock_t *s, void *arg);
+
+ac_zsock_t *ac_zsock_new(struct ev_loop *loop, ac_zsock_type_t type); /* NULL on failure */
+void ac_zsock_destroy(ac_zsock_t **self_p);
+int ac_zsock_bind(ac_zsock_t *s, const char *endpoint) AC_WUR;
+int ac_zsock_connect(ac_zsock_t *s, const char *endpoint) AC_WUR;
+int ac_zsock_set_hwm(ac_zsock_t *s, int sndhwm, int rcvhwm) AC_WUR;
+int ac_zsock_set_maxmsgsize(ac_zsock_t *s, int64_t bytes) AC_WUR;
+int ac_zsock_set_xpub_nodrop(ac_zsock_t *s, int on) AC_WUR;
+int ac_zsock_subscribe(ac_zsock_t *s, const char *prefix) AC_WUR; /* SUB: filter; XSUB: sends it */
+/* on_readable runs whenever at least one message can be received (level-triggered:
+ * it is called again while messages remain). */
+void ac_zsock_on_readable(ac_zsock_t *s, ac_zsock_fn cb, void *arg);
+/* on_writable runs once when a send that returned AC_ERR_AGAIN may now succeed. */
+void ac_zsock_on_writable(ac_zsock_t *s, ac_zsock_fn cb, void *arg);
+/* Non-blocking. 0, AC_ERR_AGAIN (nothing there), AC_ERR_IO. Clears *out first. */
+int ac_zsock_recv(ac_zsock_t *s, ac_frames_t *out) AC_WUR;
+/* Non-blocking multipart send. 0, AC_ERR_AGAIN (HWM reached), AC_ERR_IO. */
+int ac_zsock_send(ac_zsock_t *s, const void *const *data, const size_t *len, size_t n) AC_WUR;
+
+/* --- publisher: a service's connection to the bus input ------------------------------- */
+typedef struct ac_bus_pub ac_bus_pub_t;
+
+/* An XPUB that connects to the bus input and only reports ready once the bus has
+ * subscribed, so nothing is dropped for want of a subscriber; sends never drop (they
+ * return AC_ERR_AGAIN when the queue is full or the bus is away). */
+ac_bus_pub_t *ac_bus_pub_new(struct ev_loop *loop, const char *endpoint);
+void ac_bus_pub_destroy(ac_bus_pub_t **self_p);
+int ac_bus_pub_is_ready(const ac_bus_pub_t *self);
+int ac_bus_pub_send(ac_bus_pub_t *self, const char *topic, const void *body, size_t len) AC_WUR;
+/* cb runs when the bus (re)subscribes or queue space frees up after AC_ERR_AGAIN. */
+void ac_bus_pub_on_ready(ac_bus_pub_t *self, void (*cb)(void *arg), void *arg);
+
+/* --- subscriber: routing inbound events by payload type ------------------------------- */
+typedef struct ac_bus_sub ac_bus_sub_t;
+
+/* Handler result: 0 applied, AC_ERR_PROTO/AC_ERR_INVALID skip (counted), others retry. */
+typedef int (*ac_event_handler_fn)(const Aftercare__V1__Envelope *env, const char *topic,
+                                   void *arg);
+typedef struct ac_route {
+    const ProtobufCMessageDescriptor *descriptor; /* payload type; NULL ends the table */
+    ac_event_handler_fn handler;
+} ac_route_t;
+
+typedef struct ac_bus_sub_config {
+    const char *endpoint;          /* bus output, "tcp://127.0.0.1:5571" */
+    const char *const *topics;     /* NULL-terminated prefixes; NULL = everything */
+    const ac_route_t *routes;      /* may be NULL when on_event is set */
+    /* Called for every decoded envelope whose payload has no route (e.g. a tail tool). */
+    ac_event_handler_fn on_event;
+    /* Called for every message that is not two frames or whose envelope fails to decode. */
+    void (*on_garbage)(const ac_frames_t *frames, const char *why, void *arg);
+    void *arg;
+    struct ac_metrics *metrics;    /* borrowed, may be NULL */
+} ac_bus_sub_config_t;
+
+ac_bus_sub_t *ac_bus_sub_new(struct ev_loop *loop, const ac_bus_sub_config_t *cfg);
+void ac_bus_sub_destroy(ac_bus_sub_t **self_p);
+
+/* Ends the process-wide context (after every socket is destroyed). */
+void ac_bus_shutdown(void);
+
+#endif

@@ -1,0 +1,115 @@
+/* ac_db.h — PostgreSQL on the libev loop.
+ *
+ * A pool of libpq connections whose sockets are ev_io watchers: nothing here ever blocks
+ * the loop (except ac_db_migrate(), which is for start-up only). Every connection runs in
+ * libpq pipeline mode and has the service's statement table prepared on connect.
+ * Lost connections are re-established with exponential backoff; while no connection is
+ * up, ac_db_txn_commit()/flush() fail at once with AC_ERR_UNAVAILABLE (callers answer 503).
+ *
+ * Owns: its connections, their watchers, the queue of transactions waiting for one.
+ */
+#ifndef AC_DB_H
+#define AC_DB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ac_err.h"
+
+struct ev_loop;
+struct pg_result; /* PGresult; only ac_db.c and store.c files include <libpq-fe.h> */
+
+typedef struct ac_db ac_db_t;
+typedef struct ac_db_txn ac_db_txn_t;
+
+/* One prepared statement; a service keeps a table of these next to an enum of indexes. */
+typedef struct ac_db_stmt {
+    const char *sql; /* $n parameters only */
+    int nparams;
+} ac_db_stmt_t;
+
+/* One numbered migration (generated from NNN_name.sql by cmake/embed_migrations.cmake). */
+typedef struct ac_migration {
+    int version;      /* > 0, strictly increasing in the table */
+    const char *name; /* "001_init" */
+    const char *sql;  /* may contain several statements */
+} ac_migration_t;
+
+typedef struct ac_db_config {
+    const char *conninfo;          /* libpq connection string */
+    int pool_size;                 /* connections, >= 1 */
+    const ac_db_stmt_t *stmts;     /* prepared on every connection; may be NULL */
+    size_t nstmts;
+    const char *const *listen;     /* NULL-terminated channels LISTENed on connection 0, or NULL */
+    /* Called for each NOTIFY; also called with channel == NULL after connection 0 has
+     * (re)connected, because notifications may have been missed while it was down. */
+    void (*on_notify)(void *arg, const char *channel, const char *payload);
+    void *notify_arg;
+    double reconnect_min_s;        /* default 0.1 when 0 */
+    double reconnect_max_s;        /* default 5 when 0 */
+    size_t max_queue;              /* transactions waiting for a connection; default 10000 */
+    const char *name;              /* for logs: "intake", "intake-relay" */
+} ac_db_config_t;
+
+/* Starts connecting at once (asynchronously). cfg and everything it points to must outlive
+ * the pool. NULL on failure (logged). */
+ac_db_t *ac_db_new(struct ev_loop *loop, const ac_db_config_t *cfg);
+/* Closes every connection; pending transactions get their callback with AC_ERR_UNAVAILABLE
+ * first. Safe on NULL; sets *self_p = NULL. */
+void ac_db_destroy(ac_db_t **self_p);
+/* 1 when at least one connection is ready for work. */
+int ac_db_is_up(const ac_db_t *self);
+
+typedef struct ac_db_stats {
+    uint64_t txns;        /* transactions finished (committed or not) */
+    uint64_t errors;      /* statements that failed with an SQL error */
+    uint64_t disconnects; /* connections lost */
+    uint64_t reconnects;  /* successful (re)connections */
+    uint32_t ready;       /* connections ready now */
+    uint32_t queued;      /* transactions waiting for a connection now */
+} ac_db_stats_t;
+void ac_db_stats(const ac_db_t *self, ac_db_stats_t *out);
+
+/* --- transactions ---------------------------------------------------------------------
+ * A txn collects statements, then flush() or commit() sends them in one pipeline round
+ * trip. The first flush/commit waits for a free connection and, when is_transaction,
+ * sends BEGIN first. The callback reports the outcome of that round trip:
+ *   0                  every statement succeeded (after commit(): the COMMIT succeeded too)
+ *   AC_ERR_DB          a statement (or COMMIT) failed; see ac_db_txn_sqlstate()/_errmsg().
+ *                      The transaction is aborted: only ac_db_txn_free() remains.
+ *   AC_ERR_UNAVAILABLE the connection was lost (for a COMMIT: outcome unknown) or none is up.
+ * In the callback, ac_db_txn_result(t, i) is the i-th statement of that round trip (NULL
+ * for statements not run); results are borrowed until the next flush/commit/free.
+ * After a flush callback returning 0 the caller may add more and flush or commit again.
+ * The caller always ends with ac_db_txn_free(), which may be called inside the callback;
+ * freeing an unfinished transaction rolls it back. */
+typedef void (*ac_db_cb_fn)(ac_db_txn_t *txn, int err, void *arg);
+
+ac_db_txn_t *ac_db_txn_new(ac_db_t *db, int is_transaction); /* NULL on OOM */
+/* Queue prepared statement `stmt` (index in cfg->stmts). values[i] NULL is SQL NULL;
+ * lengths/formats may be NULL (all text). Values are copied. */
+int ac_db_txn_add(ac_db_txn_t *t, int stmt, const char *const *values, const int *lengths,
+                  const int *formats) AC_WUR;
+/* Queue an unprepared statement (for rare or dynamic SQL). sql is copied. */
+int ac_db_txn_add_sql(ac_db_txn_t *t, const char *sql, int nparams, const char *const *values,
+                      const int *lengths, const int *formats) AC_WUR;
+/* Returns AC_ERR_UNAVAILABLE at once (no callback) when no connection is up or the queue
+ * is full; otherwise 0 and the callback follows later, never from inside this call. */
+int ac_db_txn_flush(ac_db_txn_t *t, ac_db_cb_fn cb, void *arg) AC_WUR;
+int ac_db_txn_commit(ac_db_txn_t *t, ac_db_cb_fn cb, void *arg) AC_WUR;
+void ac_db_txn_free(ac_db_txn_t **t_p);
+
+int ac_db_txn_nresults(const ac_db_txn_t *t);
+struct pg_result *ac_db_txn_result(const ac_db_txn_t *t, int i);
+const char *ac_db_txn_sqlstate(const ac_db_txn_t *t); /* "" when none */
+const char *ac_db_txn_errmsg(const ac_db_txn_t *t);   /* "" when none */
+
+/* --- start-up -------------------------------------------------------------------------
+ * Blocking. Applies, in one transaction each, the migrations newer than those recorded in
+ * <schema>.schema_migrations (component, version), creating that table when missing.
+ * `component` separates independent migration sets in one schema ("intake", "outbox").
+ * Retries the connection for up to wait_s seconds (PostgreSQL may still be starting). */
+int ac_db_migrate(const char *conninfo, const char *schema, const char *component,
+                  const ac_migration_t *migrations, double wait_s) AC_WUR;
+
+#endif

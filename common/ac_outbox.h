@@ -1,0 +1,50 @@
+/* ac_outbox.h — the transactional outbox and its relay.
+ *
+ * Every service that publishes owns <schema>.outbox (created by ac_outbox_migrate()):
+ *   id bigserial, event_id uuid unique, topic text, envelope bytea (packed Envelope
+ *   without sequence), created_at, sequence bigint unique (NULL until relayed)
+ * and <schema>.outbox_state (last_seq: last number assigned; published_seq: last number
+ * handed to the bus). A writer inserts into the outbox in
+ * the same transaction as its state change:
+ *   INSERT INTO <schema>.outbox (event_id, topic, envelope) VALUES ($1, $2, $3)
+ * ($3 binary). A statement trigger sends NOTIFY <schema>_outbox.
+ *
+ * The relay (one per service) is woken by that NOTIFY (and polls once a second as a
+ * safety net). In one transaction it numbers the oldest unnumbered rows last_seq+1,
+ * last_seq+2, ... (gap-free from 1, kept across restarts), commits, then publishes them in
+ * order to the bus input; published_seq records what went out. After a crash, rows
+ * numbered but not yet published are published again first (at-least-once; subscribers
+ * drop duplicates by sequence). Nothing is sent until the bus has subscribed, so events
+ * are never dropped by ZeroMQ's publisher for want of a subscriber.
+ *
+ * Owns: its own one-connection ac_db pool, its bus publisher, its timers. */
+#ifndef AC_OUTBOX_H
+#define AC_OUTBOX_H
+
+#include <stdint.h>
+
+#include "ac_err.h"
+
+struct ev_loop;
+struct ac_metrics;
+
+typedef struct ac_outbox ac_outbox_t;
+
+typedef struct ac_outbox_config {
+    const char *conninfo;     /* the service's own login */
+    const char *schema;       /* "intake" */
+    const char *source;       /* "aftercare/intake" */
+    const char *bus_endpoint; /* bus input, "tcp://127.0.0.1:5570" */
+    int batch;                /* rows per numbering transaction; default 500 when 0 */
+    struct ac_metrics *metrics; /* borrowed, may be NULL */
+} ac_outbox_config_t;
+
+/* Blocking, start-up only: creates/updates the outbox tables of schema. */
+int ac_outbox_migrate(const char *conninfo, const char *schema, double wait_s) AC_WUR;
+
+ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg);
+void ac_outbox_destroy(ac_outbox_t **self_p);
+/* Last sequence handed to the bus socket (0 before the first). */
+uint64_t ac_outbox_published_seq(const ac_outbox_t *self);
+
+#endif

@@ -1,0 +1,375 @@
+/* outbox.c — the outbox tables and the relay (see ac_outbox.h). This file is the relay's
+ * store: its SQL lives here, built once per schema. */
+#include "ac_outbox.h"
+
+#include <ev.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ac_bus.h"
+#include "ac_db.h"
+#include "ac_event.h"
+#include "ac_log.h"
+#include "ac_metrics.h"
+#include "ac_time.h"
+
+#define SCHEMA_MAX 48
+#define SQL_MAX    1024
+
+enum { S_MARK, S_ASSIGN, S_RECOVER, S_COUNT };
+
+typedef struct pending_event {
+    uint64_t sequence;
+    char *topic;       /* owned */
+    uint8_t *envelope; /* owned, sequence already appended */
+    size_t len;
+} pending_event_t;
+
+struct ac_outbox {
+    struct ev_loop *loop;            /* borrowed */
+    const ac_outbox_config_t *cfg;   /* borrowed */
+    ac_db_t *db;                     /* owned, one connection that LISTENs */
+    ac_db_config_t dbcfg;            /* must outlive db */
+    ac_db_stmt_t stmts[S_COUNT];
+    char sql[S_COUNT][SQL_MAX];
+    char channel[SCHEMA_MAX + 8];
+    const char *listen[2];
+    ac_bus_pub_t *pub;               /* owned */
+    ev_timer poll;                   /* safety net against a missed NOTIFY */
+    ev_timer retry;                  /* after a database error */
+    ac_backoff_t backoff;
+    ac_db_txn_t *txn;                /* the round trip in flight, or NULL */
+    pending_event_t *pending;        /* numbered, not yet handed to the bus */
+    size_t npending, next;
+    int batch;                       /* rows per numbering transaction */
+    int is_recovered;                /* numbered-but-unpublished rows resent after start */
+    int is_dirty;                    /* woken while busy: look again afterwards */
+    int last_was_full;               /* the last batch was full: more rows are waiting */
+    uint64_t recover_cursor;
+    uint64_t published_seq;          /* last sequence handed to the bus socket */
+    uint64_t persisted_seq;          /* published_seq as last written to outbox_state */
+};
+
+static int schema_is_valid(const char *schema)
+{
+    size_t n = strlen(schema);
+    if (n == 0 || n >= SCHEMA_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((schema[i] >= 'a' && schema[i] <= 'z') || schema[i] == '_' ||
+              (i > 0 && schema[i] >= '0' && schema[i] <= '9')))
+            return 0;
+    return 1;
+}
+
+/* --- migrations ----------------------------------------------------------------------- */
+
+static const char OUTBOX_V1[] =
+    "CREATE TABLE %1$s.outbox ("
+    " id bigserial PRIMARY KEY,"
+    " event_id uuid NOT NULL UNIQUE,"
+    " topic text NOT NULL CHECK (topic <> ''),"
+    " envelope bytea NOT NULL,"
+    " created_at timestamptz NOT NULL DEFAULT now(),"
+    " sequence bigint UNIQUE);"
+    "CREATE INDEX outbox_unnumbered ON %1$s.outbox (id) WHERE sequence IS NULL;"
+    "CREATE TABLE %1$s.outbox_state ("
+    " singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),"
+    " last_seq bigint NOT NULL DEFAULT 0 CHECK (last_seq >= 0),"
+    " published_seq bigint NOT NULL DEFAULT 0 CHECK (published_seq <= last_seq));"
+    "INSERT INTO %1$s.outbox_state DEFAULT VALUES;"
+    "CREATE FUNCTION %1$s.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS"
+    " $f$ BEGIN PERFORM pg_notify('%1$s_outbox', ''); RETURN NULL; END $f$;"
+    "CREATE TRIGGER outbox_notify AFTER INSERT ON %1$s.outbox"
+    " FOR EACH STATEMENT EXECUTE FUNCTION %1$s.outbox_notify();";
+
+int ac_outbox_migrate(const char *conninfo, const char *schema, double wait_s)
+{
+    char v1[sizeof(OUTBOX_V1) + 16 * SCHEMA_MAX];
+    if (!schema_is_valid(schema)) {
+        ac_error("outbox: invalid schema name \"%s\"", schema);
+        return AC_ERR_INVALID;
+    }
+    snprintf(v1, sizeof(v1), OUTBOX_V1, schema);
+    const ac_migration_t migrations[] = {{1, "001_outbox", v1}, {0, NULL, NULL}};
+    return ac_db_migrate(conninfo, schema, "outbox", migrations, wait_s);
+}
+
+/* --- the relay ------------------------------------------------------------------------- */
+
+static const char SQL_MARK[] = "UPDATE %1$s.outbox_state SET published_seq = $1::bigint "
+                               "WHERE published_seq < $1::bigint";
+
+/* Numbers the oldest unnumbered rows in one statement; the state row lock makes the
+ * numbering gap-free even if two relays ever ran at once. */
+static const char SQL_ASSIGN[] =
+    "WITH st AS (SELECT last_seq FROM %1$s.outbox_state FOR UPDATE),"
+    " todo AS (SELECT id FROM %1$s.outbox WHERE sequence IS NULL ORDER BY id LIMIT $1 FOR UPDATE),"
+    " numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM todo),"
+    " upd AS (UPDATE %1$s.outbox o SET sequence = st.last_seq + n.rn FROM numbered n, st"
+    "         WHERE o.id = n.id RETURNING o.sequence, o.topic, o.envelope),"
+    " bump AS (UPDATE %1$s.outbox_state SET last_seq = last_seq + (SELECT count(*) FROM todo)"
+    "          WHERE (SELECT count(*) FROM todo) > 0 RETURNING last_seq)"
+    " SELECT sequence, topic, envelope FROM upd ORDER BY sequence";
+
+static const char SQL_RECOVER[] =
+    "SELECT sequence, topic, envelope FROM %1$s.outbox"
+    " WHERE sequence > GREATEST($1::bigint, (SELECT published_seq FROM %1$s.outbox_state))"
+    " ORDER BY sequence LIMIT $2";
+
+static void relay_kick(ac_outbox_t *self);
+
+static void pending_clear(ac_outbox_t *self)
+{
+    for (size_t i = 0; i < self->npending; i++) {
+        free(self->pending[i].topic);
+        free(self->pending[i].envelope);
+    }
+    free(self->pending);
+    self->pending = NULL;
+    self->npending = self->next = 0;
+}
+
+/* Copies the rows (sequence, topic, envelope) of res into self->pending. */
+static int pending_load(ac_outbox_t *self, PGresult *res)
+{
+    int rows = PQntuples(res);
+    if (rows == 0)
+        return 0;
+    self->pending = calloc((size_t)rows, sizeof(*self->pending));
+    if (!self->pending)
+        return AC_ERR_NOMEM;
+    for (int r = 0; r < rows; r++) {
+        pending_event_t *ev = &self->pending[self->npending];
+        size_t raw_len = 0;
+        unsigned char *raw = PQunescapeBytea((const unsigned char *)PQgetvalue(res, r, 2), &raw_len);
+        ev->sequence = strtoull(PQgetvalue(res, r, 0), NULL, 10);
+        ev->topic = strdup(PQgetvalue(res, r, 1));
+        ev->envelope = raw ? malloc(raw_len + 11) : NULL;
+        if (!raw || !ev->topic || !ev->envelope) {
+            PQfreemem(raw);
+            free(ev->topic);
+            free(ev->envelope);
+            return AC_ERR_NOMEM;
+        }
+        ev->len = ac_event_append_sequence(raw, raw_len, ev->sequence, ev->envelope);
+        PQfreemem(raw);
+        self->npending++;
+    }
+    return 0;
+}
+
+static void publish_pending(ac_outbox_t *self)
+{
+    while (self->next < self->npending) {
+        pending_event_t *ev = &self->pending[self->next];
+        int rc = ac_bus_pub_send(self->pub, ev->topic, ev->envelope, ev->len);
+        if (rc == AC_ERR_AGAIN)
+            return; /* on_bus_ready resumes */
+        if (rc != 0) {
+            ac_error("outbox: cannot publish sequence %llu: %s",
+                     (unsigned long long)ev->sequence, ac_strerror(rc));
+            return;
+        }
+        self->published_seq = ev->sequence;
+        self->next++;
+        if (self->cfg->metrics)
+            ac_metrics_add(self->cfg->metrics, "outbox_published_total", NULL, 1);
+    }
+    if (self->cfg->metrics && self->npending)
+        ac_metrics_set(self->cfg->metrics, "outbox_published_sequence", NULL,
+                       (double)self->published_seq);
+    pending_clear(self);
+    if (self->is_dirty || self->last_was_full || !self->is_recovered ||
+        self->published_seq > self->persisted_seq)
+        relay_kick(self);
+}
+
+static void schedule_retry(ac_outbox_t *self)
+{
+    ev_timer_stop(self->loop, &self->retry);
+    ev_timer_set(&self->retry, ac_backoff_next(&self->backoff), 0.);
+    ev_timer_start(self->loop, &self->retry);
+}
+
+static void on_relay_result(ac_db_txn_t *txn, int err, void *arg)
+{
+    ac_outbox_t *self = arg;
+    int nres = ac_db_txn_nresults(txn);
+    PGresult *rows = nres > 0 ? ac_db_txn_result(txn, nres - 1) : NULL;
+    int is_recover = !self->is_recovered;
+    int nrows;
+
+    self->txn = NULL;
+    if (err != 0) {
+        if (err == AC_ERR_DB)
+            ac_error("outbox: relay query failed: %s %s", ac_db_txn_sqlstate(txn),
+                     ac_db_txn_errmsg(txn));
+        ac_db_txn_free(&txn);
+        schedule_retry(self);
+        return;
+    }
+    ac_backoff_reset(&self->backoff);
+    self->persisted_seq = self->published_seq > self->persisted_seq ? self->published_seq
+                                                                    : self->persisted_seq;
+    nrows = rows && PQresultStatus(rows) == PGRES_TUPLES_OK ? PQntuples(rows) : 0;
+    if (nrows > 0 && pending_load(self, rows) != 0) {
+        ac_error("outbox: out of memory loading %d events", nrows);
+        pending_clear(self);
+        ac_db_txn_free(&txn);
+        schedule_retry(self);
+        return;
+    }
+    ac_db_txn_free(&txn);
+    self->last_was_full = nrows >= self->batch;
+    if (is_recover) {
+        if (nrows > 0) {
+            self->recover_cursor = self->pending[self->npending - 1].sequence;
+            ac_info("outbox: resending %d numbered events from sequence %llu", nrows,
+                    (unsigned long long)self->pending[0].sequence);
+        }
+        if (!self->last_was_full) {
+            self->is_recovered = 1;
+            self->is_dirty = 1; /* go on to number what arrived meanwhile */
+        }
+    }
+    if (self->cfg->metrics && nrows > 0)
+        ac_metrics_observe(self->cfg->metrics, "outbox_batch_size", NULL, nrows);
+    publish_pending(self);
+}
+
+static void relay_kick(ac_outbox_t *self)
+{
+    char a[24], b[24];
+    const char *params[2] = {a, b};
+    int rc;
+
+    if (self->txn) {
+        self->is_dirty = 1;
+        return;
+    }
+    if (self->next < self->npending) {
+        publish_pending(self);
+        return;
+    }
+    if (!ac_bus_pub_is_ready(self->pub))
+        return; /* numbering now would only make events wait; on_bus_ready kicks */
+    self->is_dirty = 0;
+    self->txn = ac_db_txn_new(self->db, 1);
+    if (!self->txn) {
+        schedule_retry(self);
+        return;
+    }
+    snprintf(a, sizeof(a), "%llu", (unsigned long long)self->published_seq);
+    rc = ac_db_txn_add(self->txn, S_MARK, params, NULL, NULL);
+    if (rc == 0 && !self->is_recovered) {
+        snprintf(a, sizeof(a), "%llu", (unsigned long long)self->recover_cursor);
+        snprintf(b, sizeof(b), "%d", self->batch);
+        rc = ac_db_txn_add(self->txn, S_RECOVER, params, NULL, NULL);
+    } else if (rc == 0) {
+        snprintf(a, sizeof(a), "%d", self->batch);
+        rc = ac_db_txn_add(self->txn, S_ASSIGN, params, NULL, NULL);
+    }
+    if (rc == 0)
+        rc = ac_db_txn_commit(self->txn, on_relay_result, self);
+    if (rc != 0) {
+        ac_db_txn_free(&self->txn);
+        schedule_retry(self);
+    }
+}
+
+static void on_bus_ready(void *arg)
+{
+    relay_kick(arg);
+}
+
+static void on_outbox_notify(void *arg, const char *channel, const char *payload)
+{
+    relay_kick(arg);
+}
+
+static void on_poll(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    relay_kick(ac_container_of(w, ac_outbox_t, poll));
+}
+
+static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    relay_kick(ac_container_of(w, ac_outbox_t, retry));
+}
+
+ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg)
+{
+    static const int nparams[S_COUNT] = {1, 1, 2};
+    ac_outbox_t *self;
+
+    if (!schema_is_valid(cfg->schema)) {
+        ac_error("outbox: invalid schema name \"%s\"", cfg->schema);
+        return NULL;
+    }
+    self = calloc(1, sizeof(*self));
+    if (!self)
+        return NULL;
+    self->loop = loop;
+    self->cfg = cfg;
+    self->batch = cfg->batch > 0 ? cfg->batch : 500;
+    snprintf(self->sql[S_MARK], SQL_MAX, SQL_MARK, cfg->schema);
+    snprintf(self->sql[S_ASSIGN], SQL_MAX, SQL_ASSIGN, cfg->schema);
+    snprintf(self->sql[S_RECOVER], SQL_MAX, SQL_RECOVER, cfg->schema);
+    for (int i = 0; i < S_COUNT; i++) {
+        self->stmts[i].sql = self->sql[i];
+        self->stmts[i].nparams = nparams[i];
+    }
+    snprintf(self->channel, sizeof(self->channel), "%s_outbox", cfg->schema);
+    self->listen[0] = self->channel;
+    self->dbcfg.conninfo = cfg->conninfo;
+    self->dbcfg.pool_size = 1;
+    self->dbcfg.stmts = self->stmts;
+    self->dbcfg.nstmts = S_COUNT;
+    self->dbcfg.listen = self->listen;
+    self->dbcfg.on_notify = on_outbox_notify;
+    self->dbcfg.notify_arg = self;
+    self->dbcfg.name = "outbox-relay";
+    ac_backoff_init(&self->backoff, 0.1, 5.);
+    ev_timer_init(&self->poll, on_poll, 1., 1.);
+    ev_timer_init(&self->retry, on_retry, 1., 0.);
+    if (cfg->metrics) {
+        ac_metrics_declare(cfg->metrics, "outbox_published_total", AC_METRIC_COUNTER,
+                           "Events handed to the bus by the outbox relay");
+        ac_metrics_declare(cfg->metrics, "outbox_published_sequence", AC_METRIC_GAUGE,
+                           "Last sequence handed to the bus");
+        ac_metrics_declare(cfg->metrics, "outbox_batch_size", AC_METRIC_HISTOGRAM,
+                           "Events numbered per relay transaction");
+    }
+    self->pub = ac_bus_pub_new(loop, cfg->bus_endpoint);
+    self->db = self->pub ? ac_db_new(loop, &self->dbcfg) : NULL;
+    if (!self->db) {
+        ac_outbox_destroy(&self);
+        return NULL;
+    }
+    ac_bus_pub_on_ready(self->pub, on_bus_ready, self);
+    ev_timer_start(loop, &self->poll);
+    return self;
+}
+
+void ac_outbox_destroy(ac_outbox_t **self_p)
+{
+    ac_outbox_t *self = self_p ? *self_p : NULL;
+    if (!self)
+        return;
+    ev_timer_stop(self->loop, &self->poll);
+    ev_timer_stop(self->loop, &self->retry);
+    ac_db_txn_free(&self->txn);
+    ac_db_destroy(&self->db);
+    ac_bus_pub_destroy(&self->pub);
+    pending_clear(self);
+    free(self);
+    *self_p = NULL;
+}
+
+uint64_t ac_outbox_published_seq(const ac_outbox_t *self)
+{
+    return self->published_seq;
+}
