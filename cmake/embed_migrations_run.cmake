@@ -1,6 +1,8 @@
-# Script mode: writes OUT from FILES (see embed_migrations.cmake).
-set(body "/* generated from SQL migrations; do not edit */\n#include \"ac_db.h\"\n\n")
-string(APPEND body "const ac_migration_t ${PREFIX}_migrations[] = {\n")
+# Script mode: writes OUT from FILES (see embed_migrations.cmake). Each SQL file becomes a
+# NUL-terminated char array, so any byte survives and no literal-length limit applies.
+set(arrays "")
+set(table "const ac_migration_t ${PREFIX}_migrations[] = {\n")
+set(i 0)
 foreach(f ${FILES})
   get_filename_component(name ${f} NAME_WE)
   string(REGEX MATCH "^[0-9]+" version "${name}")
@@ -9,10 +11,11 @@ foreach(f ${FILES})
   endif()
   math(EXPR version "${version}")
   file(READ ${f} hex HEX)
-  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "\\\\x\\1" esc "${hex}")
-  # break the literal into lines of 32 bytes so compilers stay happy
-  string(REGEX REPLACE "((\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f])(\\\\x[0-9a-f][0-9a-f]))" "\\1\"\n    \"" esc "${esc}")
-  string(APPEND body "    {${version}, \"${name}\",\n    \"${esc}\"},\n")
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
+  string(APPEND arrays "static const char ${PREFIX}_sql_${i}[] = {${bytes}0x00};\n")
+  string(APPEND table "    {${version}, \"${name}\", ${PREFIX}_sql_${i}},\n")
+  math(EXPR i "${i} + 1")
 endforeach()
-string(APPEND body "    {0, NULL, NULL},\n};\n")
-file(WRITE ${OUT} "${body}")
+string(APPEND table "    {0, NULL, NULL},\n};\n")
+file(WRITE ${OUT} "/* generated from SQL migrations; do not edit */\n#include \"ac_db.h\"\n\n"
+     "${arrays}\n${table}")

@@ -81,6 +81,8 @@ void ac_db_stats(const ac_db_t *self, ac_db_stats_t *out);
  * In the callback, ac_db_txn_result(t, i) is the i-th statement of that round trip (NULL
  * for statements not run); results are borrowed until the next flush/commit/free.
  * After a flush callback returning 0 the caller may add more and flush or commit again.
+ * add/flush/commit return AC_ERR_CONFLICT (no callback) while a round trip is waiting or in
+ * flight, after a commit, or after a failure (AC_ERR_UNAVAILABLE when the connection was lost).
  * The caller always ends with ac_db_txn_free(), which may be called inside the callback;
  * freeing an unfinished transaction rolls it back. */
 typedef void (*ac_db_cb_fn)(ac_db_txn_t *txn, int err, void *arg);
@@ -106,9 +108,11 @@ const char *ac_db_txn_errmsg(const ac_db_txn_t *t);   /* "" when none */
 
 /* --- start-up -------------------------------------------------------------------------
  * Blocking. Applies, in one transaction each, the migrations newer than those recorded in
- * <schema>.schema_migrations (component, version), creating that table when missing.
+ * <schema>.schema_migrations (component, version), creating it (and the schema) if missing.
  * `component` separates independent migration sets in one schema ("intake", "outbox").
- * Retries the connection for up to wait_s seconds (PostgreSQL may still be starting). */
+ * Retries the connection for up to wait_s seconds (PostgreSQL may still be starting).
+ * Returns 0, AC_ERR_UNAVAILABLE (no connection within wait_s), AC_ERR_DB (a migration or the
+ * bookkeeping failed; that migration is rolled back) or AC_ERR_INVALID/AC_ERR_CONFIG. */
 int ac_db_migrate(const char *conninfo, const char *schema, const char *component,
                   const ac_migration_t *migrations, double wait_s) AC_WUR;
 

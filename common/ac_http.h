@@ -59,7 +59,9 @@ typedef struct ac_http_config {
 } ac_http_config_t;
 
 ac_http_t *ac_http_new(struct ev_loop *loop, const ac_http_config_t *cfg); /* NULL on failure, logged */
-/* Stops listening; requests still waiting for a handler's answer get 503. */
+/* Stops listening; requests still waiting for a handler's answer get 503. Such a handler
+ * must still reply later (the reply is dropped and frees the request). Safe on NULL; sets
+ * *self_p = NULL. Not from inside a handler. */
 void ac_http_destroy(ac_http_t **self_p);
 int ac_http_port(const ac_http_t *self); /* the bound port (useful with port 0) */
 
@@ -69,7 +71,9 @@ const char *ac_http_req_path(const ac_http_req_t *req);
 const char *ac_http_req_param(const ac_http_req_t *req, int i);   /* i-th {} segment, decoded */
 const char *ac_http_req_query(const ac_http_req_t *req, const char *name); /* NULL if absent */
 const char *ac_http_req_header(const ac_http_req_t *req, const char *name); /* NULL if absent */
-struct json_t *ac_http_req_json(const ac_http_req_t *req); /* borrowed parsed body; NULL if none */
+/* Borrowed parsed body: always a JSON object for POST/PUT/PATCH (an empty body is 400
+ * malformed_json), NULL for other methods. HEAD requests run the GET route. */
+struct json_t *ac_http_req_json(const ac_http_req_t *req);
 int ac_http_req_role(const ac_http_req_t *req);            /* caller's role bit (0 for public routes) */
 const char *ac_http_req_principal(const ac_http_req_t *req); /* token name, "" for public */
 const char *ac_http_req_id(const ac_http_req_t *req);      /* X-Request-Id, or a generated UUID */
