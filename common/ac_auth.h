@@ -27,8 +27,8 @@ enum {
     AC_ROLE_PUBLIC = 0, /* a route with this mask needs no token */
 };
 
-int ac_role_parse(const char *name);  /* role bit, or 0 when unknown */
-const char *ac_role_name(int role);   /* "agent", ...; "?" when not a single role bit */
+int ac_role_parse(const char *name); /* role bit, or 0 when unknown */
+const char *ac_role_name(int role);  /* "agent", ...; "?" when not a single role bit */
 
 #define AC_TOKEN_HASH_LEN 65 /* 64 hex + NUL */
 #define AC_TOKEN_LEN      69 /* "act_" + 64 hex + NUL */

@@ -33,7 +33,7 @@ typedef enum {
 #define AC_FRAMES_MAX 8
 /* A received multipart message. Frames beyond AC_FRAMES_MAX are counted but dropped. */
 typedef struct ac_frames {
-    size_t n;                     /* frames received (may exceed AC_FRAMES_MAX) */
+    size_t n; /* frames received (may exceed AC_FRAMES_MAX) */
     size_t len[AC_FRAMES_MAX];
     uint8_t *data[AC_FRAMES_MAX]; /* owned; freed by ac_frames_clear() */
 } ac_frames_t;
@@ -84,15 +84,15 @@ typedef struct ac_route {
 } ac_route_t;
 
 typedef struct ac_bus_sub_config {
-    const char *endpoint;          /* bus output, "tcp://127.0.0.1:5571" */
-    const char *const *topics;     /* NULL-terminated prefixes; NULL = everything */
-    const ac_route_t *routes;      /* may be NULL when on_event is set */
+    const char *endpoint;      /* bus output, "tcp://127.0.0.1:5571" */
+    const char *const *topics; /* NULL-terminated prefixes; NULL = everything */
+    const ac_route_t *routes;  /* may be NULL when on_event is set */
     /* Called for every decoded envelope whose payload has no route (e.g. a tail tool). */
     ac_event_handler_fn on_event;
     /* Called for every message that is not two frames or whose envelope fails to decode. */
     void (*on_garbage)(const ac_frames_t *frames, const char *why, void *arg);
     void *arg;
-    struct ac_metrics *metrics;    /* borrowed, may be NULL */
+    struct ac_metrics *metrics; /* borrowed, may be NULL */
 } ac_bus_sub_config_t;
 
 ac_bus_sub_t *ac_bus_sub_new(struct ev_loop *loop, const ac_bus_sub_config_t *cfg);

@@ -15,12 +15,12 @@ typedef enum {
 } ac_cfg_type_t;
 
 typedef struct ac_cfg_key {
-    const char *env;      /* "AC_INTAKE_HTTP_PORT" */
+    const char *env; /* "AC_INTAKE_HTTP_PORT" */
     ac_cfg_type_t type;
-    size_t offset;        /* offsetof(the config struct, field) */
-    const char *def;      /* default as text; NULL means required */
-    long min, max;        /* AC_CFG_INT bounds (ignored when min == max == 0) */
-    const char *help;     /* one line, shown in errors */
+    size_t offset;    /* offsetof(the config struct, field) */
+    const char *def;  /* default as text; NULL means required */
+    long min, max;    /* AC_CFG_INT bounds (ignored when min == max == 0) */
+    const char *help; /* one line, shown in errors */
 } ac_cfg_key_t;
 
 /* Fills *cfg from the environment. On the first bad or missing key, writes a message

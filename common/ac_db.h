@@ -36,19 +36,19 @@ typedef struct ac_migration {
 } ac_migration_t;
 
 typedef struct ac_db_config {
-    const char *conninfo;          /* libpq connection string */
-    int pool_size;                 /* connections, >= 1 */
-    const ac_db_stmt_t *stmts;     /* prepared on every connection; may be NULL */
+    const char *conninfo;      /* libpq connection string */
+    int pool_size;             /* connections, >= 1 */
+    const ac_db_stmt_t *stmts; /* prepared on every connection; may be NULL */
     size_t nstmts;
-    const char *const *listen;     /* NULL-terminated channels LISTENed on connection 0, or NULL */
+    const char *const *listen; /* NULL-terminated channels LISTENed on connection 0, or NULL */
     /* Called for each NOTIFY; also called with channel == NULL after connection 0 has
      * (re)connected, because notifications may have been missed while it was down. */
     void (*on_notify)(void *arg, const char *channel, const char *payload);
     void *notify_arg;
-    double reconnect_min_s;        /* default 0.1 when 0 */
-    double reconnect_max_s;        /* default 5 when 0 */
-    size_t max_queue;              /* transactions waiting for a connection; default 10000 */
-    const char *name;              /* for logs: "intake", "intake-relay" */
+    double reconnect_min_s; /* default 0.1 when 0 */
+    double reconnect_max_s; /* default 5 when 0 */
+    size_t max_queue;       /* transactions waiting for a connection; default 10000 */
+    const char *name;       /* for logs: "intake", "intake-relay" */
 } ac_db_config_t;
 
 /* Starts connecting at once (asynchronously). cfg and everything it points to must outlive

@@ -36,29 +36,32 @@ typedef void (*ac_http_handler_fn)(ac_http_req_t *req, void *arg);
 typedef struct ac_http_route {
     const char *method;  /* "GET", "POST", "PATCH", ... */
     const char *pattern; /* "/v1/tickets/{}/transitions": each {} matches one segment */
-    int roles;           /* AC_ROLE_* mask allowed (admin always allowed); AC_ROLE_PUBLIC: no token */
+    int roles; /* AC_ROLE_* mask allowed (admin always allowed); AC_ROLE_PUBLIC: no token */
     ac_http_handler_fn handler;
-    const char *name;    /* metrics label, e.g. "tickets_create" */
+    const char *name; /* metrics label, e.g. "tickets_create" */
 } ac_http_route_t;
 
 typedef struct ac_http_config {
-    const char *bind_addr;         /* "127.0.0.1" or "0.0.0.0" */
+    const char *bind_addr; /* "127.0.0.1" or "0.0.0.0" */
     int port;
     size_t max_body_bytes;         /* 413 above this; default 65536 when 0 */
     unsigned max_connections;      /* default 1024 when 0 */
     unsigned timeout_s;            /* idle connection timeout; default 30 when 0 */
     const ac_http_route_t *routes; /* terminated by { NULL } */
     void *handler_arg;             /* passed to every handler */
-    /* Token -> role bit (0: unknown). name_out: borrowed label for logs. */
+    /* Token -> role bit; 0 for an unknown token (401); negative when tokens cannot be
+     * checked yet, e.g. not loaded from the database (503 unavailable). */
     int (*authenticate)(void *arg, const char *token, const char **name_out);
     void *auth_arg;
-    /* /healthz: return 0 when healthy; otherwise fill reason. Called per request. */
-    int (*health)(void *arg, char *reason, size_t len);
+    /* /healthz: add one member per dependency to `checks` (e.g. "db": "up"), return 0 when
+     * healthy (200 {"status":"ok",...}) or non-zero (503 {"status":"unavailable",...}). */
+    int (*health)(void *arg, struct json_t *checks);
     void *health_arg;
-    struct ac_metrics *metrics;    /* borrowed; /metrics renders it */
+    struct ac_metrics *metrics; /* borrowed; /metrics renders it */
 } ac_http_config_t;
 
-ac_http_t *ac_http_new(struct ev_loop *loop, const ac_http_config_t *cfg); /* NULL on failure, logged */
+ac_http_t *ac_http_new(struct ev_loop *loop,
+                       const ac_http_config_t *cfg); /* NULL on failure, logged */
 /* Stops listening; requests still waiting for a handler's answer get 503. Such a handler
  * must still reply later (the reply is dropped and frees the request). Safe on NULL; sets
  * *self_p = NULL. Not from inside a handler. */
@@ -68,15 +71,15 @@ int ac_http_port(const ac_http_t *self); /* the bound port (useful with port 0) 
 /* --- inside a handler ----------------------------------------------------------------- */
 const char *ac_http_req_method(const ac_http_req_t *req);
 const char *ac_http_req_path(const ac_http_req_t *req);
-const char *ac_http_req_param(const ac_http_req_t *req, int i);   /* i-th {} segment, decoded */
-const char *ac_http_req_query(const ac_http_req_t *req, const char *name); /* NULL if absent */
+const char *ac_http_req_param(const ac_http_req_t *req, int i); /* i-th {} segment, decoded */
+const char *ac_http_req_query(const ac_http_req_t *req, const char *name);  /* NULL if absent */
 const char *ac_http_req_header(const ac_http_req_t *req, const char *name); /* NULL if absent */
 /* Borrowed parsed body: always a JSON object for POST/PUT/PATCH (an empty body is 400
  * malformed_json), NULL for other methods. HEAD requests run the GET route. */
 struct json_t *ac_http_req_json(const ac_http_req_t *req);
-int ac_http_req_role(const ac_http_req_t *req);            /* caller's role bit (0 for public routes) */
+int ac_http_req_role(const ac_http_req_t *req); /* caller's role bit (0 for public routes) */
 const char *ac_http_req_principal(const ac_http_req_t *req); /* token name, "" for public */
-const char *ac_http_req_id(const ac_http_req_t *req);      /* X-Request-Id, or a generated UUID */
+const char *ac_http_req_id(const ac_http_req_t *req);        /* X-Request-Id, or a generated UUID */
 
 /* Adds a response header (copied) to the coming reply. */
 int ac_http_reply_header(ac_http_req_t *req, const char *name, const char *value);

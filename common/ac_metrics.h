@@ -18,9 +18,10 @@ int ac_metrics_declare(ac_metrics_t *m, const char *name, ac_metric_type_t type,
 /* labels: NULL or a Prometheus label body such as `route="/v1/tickets",status="201"`.
  * Using an undeclared family declares it as the implied type with an empty help.
  * ac_metrics_add() also adds to a gauge (for up/down counts such as requests in flight). */
-void ac_metrics_add(ac_metrics_t *m, const char *name, const char *labels, double v);     /* counter */
-void ac_metrics_set(ac_metrics_t *m, const char *name, const char *labels, double v);     /* gauge */
-void ac_metrics_observe(ac_metrics_t *m, const char *name, const char *labels, double v); /* histogram */
+void ac_metrics_add(ac_metrics_t *m, const char *name, const char *labels, double v); /* counter */
+void ac_metrics_set(ac_metrics_t *m, const char *name, const char *labels, double v); /* gauge */
+void ac_metrics_observe(ac_metrics_t *m, const char *name, const char *labels,
+                        double v); /* histogram */
 
 /* Called at the start of every render, to refresh gauges computed on demand. */
 void ac_metrics_on_render(ac_metrics_t *m, void (*fn)(ac_metrics_t *m, void *arg), void *arg);

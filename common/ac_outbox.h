@@ -31,11 +31,11 @@ struct ac_metrics;
 typedef struct ac_outbox ac_outbox_t;
 
 typedef struct ac_outbox_config {
-    const char *conninfo;     /* the service's own login */
-    const char *schema;       /* "intake" */
-    const char *source;       /* "aftercare/intake" */
-    const char *bus_endpoint; /* bus input, "tcp://127.0.0.1:5570" */
-    int batch;                /* rows per numbering transaction; default 500 when 0 */
+    const char *conninfo;       /* the service's own login */
+    const char *schema;         /* "intake" */
+    const char *source;         /* "aftercare/intake" */
+    const char *bus_endpoint;   /* bus input, "tcp://127.0.0.1:5570" */
+    int batch;                  /* rows per numbering transaction; default 500 when 0 */
     struct ac_metrics *metrics; /* borrowed, may be NULL */
 } ac_outbox_config_t;
 

@@ -10,8 +10,8 @@
 
 #define AC_TIME_STRLEN 32 /* enough for "2026-11-22T10:00:00.123456Z" */
 
-int64_t ac_time_now_us(void);      /* CLOCK_REALTIME */
-int64_t ac_time_mono_us(void);     /* CLOCK_MONOTONIC */
+int64_t ac_time_now_us(void);  /* CLOCK_REALTIME */
+int64_t ac_time_mono_us(void); /* CLOCK_MONOTONIC */
 /* "2026-11-22T10:00:00.123456Z" (UTC, microseconds) into buf[AC_TIME_STRLEN]. */
 char *ac_time_format_us(int64_t us, char *buf);
 /* Strict RFC 3339: "YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)". AC_ERR_INVALID if not. */

@@ -42,9 +42,9 @@ struct ac_zsock {
     struct ev_loop *loop; /* borrowed */
     void *zs;             /* owned ZeroMQ socket */
     ac_zsock_type_t type;
-    ev_io io;             /* ZMQ_FD wake-ups */
-    ev_prepare prepare;   /* re-check ZMQ_EVENTS before blocking */
-    ev_idle idle;         /* keeps the loop spinning while work remains */
+    ev_io io;           /* ZMQ_FD wake-ups */
+    ev_prepare prepare; /* re-check ZMQ_EVENTS before blocking */
+    ev_idle idle;       /* keeps the loop spinning while work remains */
     ac_zsock_fn on_read;
     void *read_arg;
     ac_zsock_fn on_write; /* one-shot */
@@ -300,8 +300,8 @@ int ac_zsock_send(ac_zsock_t *s, const void *const *data, const size_t *len, siz
 /* --- publisher ---------------------------------------------------------------------------- */
 
 struct ac_bus_pub {
-    ac_zsock_t *sock;   /* owned XPUB connected to the bus input */
-    int subscriptions;  /* subscriptions heard from the bus; ready when > 0 */
+    ac_zsock_t *sock;  /* owned XPUB connected to the bus input */
+    int subscriptions; /* subscriptions heard from the bus; ready when > 0 */
     void (*on_ready)(void *arg);
     void *ready_arg;
 };

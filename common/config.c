@@ -67,8 +67,8 @@ int ac_config_load(void *cfg, const ac_cfg_key_t *table, char *errbuf, size_t er
                 return AC_ERR_CONFIG;
             }
             if ((lo != 0 || hi != 0) && (n < lo || n > hi)) {
-                snprintf(errbuf, errlen, "%s=%ld is out of range %ld..%ld (%s)", k->env, n, lo,
-                         hi, k->help ? k->help : "");
+                snprintf(errbuf, errlen, "%s=%ld is out of range %ld..%ld (%s)", k->env, n, lo, hi,
+                         k->help ? k->help : "");
                 return AC_ERR_CONFIG;
             }
             if (k->type == AC_CFG_PORT) {

@@ -645,6 +645,11 @@ static void req_begin(ac_http_t *http, ac_http_req_t *req, const char *method)
         int role = 0;
         if (token != NULL && http->cfg.authenticate != NULL)
             role = http->cfg.authenticate(http->cfg.auth_arg, token, &name);
+        if (role < 0) {
+            reply_error(req, 503, "unavailable", "%s",
+                        "tokens are not loaded yet (database unavailable); retry shortly");
+            return;
+        }
         if (role == 0) {
             (void)ac_http_reply_header(req, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
             reply_error(req, 401, "unauthorized", "%s",
@@ -887,17 +892,15 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 static void on_healthz(ac_http_req_t *req, void *arg)
 {
     const ac_http_config_t *cfg = &req->http->cfg;
-    char reason[256] = "";
-    int rc = cfg->health != NULL ? cfg->health(cfg->health_arg, reason, sizeof(reason)) : 0;
-    reason[sizeof(reason) - 1] = '\0';
-    if (rc == 0) {
-        ac_http_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
+    json_t *body = json_object();
+    int rc;
+    if (body == NULL) {
+        reply_error(req, 500, "internal", "out of memory");
         return;
     }
-    json_t *body = json_pack("{s:s}", "status", "unavailable");
-    if (body != NULL)
-        json_object_set_new(body, "reason", json_text(reason[0] ? reason : "unhealthy"));
-    ac_http_reply_json(req, 503, body);
+    rc = cfg->health != NULL ? cfg->health(cfg->health_arg, body) : 0;
+    json_object_set_new(body, "status", json_string(rc == 0 ? "ok" : "unavailable"));
+    ac_http_reply_json(req, rc == 0 ? 200 : 503, body);
 }
 
 static void on_metrics(ac_http_req_t *req, void *arg)

@@ -28,28 +28,28 @@ typedef struct pending_event {
 } pending_event_t;
 
 struct ac_outbox {
-    struct ev_loop *loop;            /* borrowed */
-    const ac_outbox_config_t *cfg;   /* borrowed */
-    ac_db_t *db;                     /* owned, one connection that LISTENs */
-    ac_db_config_t dbcfg;            /* must outlive db */
+    struct ev_loop *loop;          /* borrowed */
+    const ac_outbox_config_t *cfg; /* borrowed */
+    ac_db_t *db;                   /* owned, one connection that LISTENs */
+    ac_db_config_t dbcfg;          /* must outlive db */
     ac_db_stmt_t stmts[S_COUNT];
     char sql[S_COUNT][SQL_MAX];
     char channel[SCHEMA_MAX + 8];
     const char *listen[2];
-    ac_bus_pub_t *pub;               /* owned */
-    ev_timer poll;                   /* safety net against a missed NOTIFY */
-    ev_timer retry;                  /* after a database error */
+    ac_bus_pub_t *pub; /* owned */
+    ev_timer poll;     /* safety net against a missed NOTIFY */
+    ev_timer retry;    /* after a database error */
     ac_backoff_t backoff;
-    ac_db_txn_t *txn;                /* the round trip in flight, or NULL */
-    pending_event_t *pending;        /* numbered, not yet handed to the bus */
+    ac_db_txn_t *txn;         /* the round trip in flight, or NULL */
+    pending_event_t *pending; /* numbered, not yet handed to the bus */
     size_t npending, next;
-    int batch;                       /* rows per numbering transaction */
-    int is_recovered;                /* numbered-but-unpublished rows resent after start */
-    int is_dirty;                    /* woken while busy: look again afterwards */
-    int last_was_full;               /* the last batch was full: more rows are waiting */
+    int batch;         /* rows per numbering transaction */
+    int is_recovered;  /* numbered-but-unpublished rows resent after start */
+    int is_dirty;      /* woken while busy: look again afterwards */
+    int last_was_full; /* the last batch was full: more rows are waiting */
     uint64_t recover_cursor;
-    uint64_t published_seq;          /* last sequence handed to the bus socket */
-    uint64_t persisted_seq;          /* published_seq as last written to outbox_state */
+    uint64_t published_seq; /* last sequence handed to the bus socket */
+    uint64_t persisted_seq; /* published_seq as last written to outbox_state */
 };
 
 static int schema_is_valid(const char *schema)
@@ -144,7 +144,8 @@ static int pending_load(ac_outbox_t *self, PGresult *res)
     for (int r = 0; r < rows; r++) {
         pending_event_t *ev = &self->pending[self->npending];
         size_t raw_len = 0;
-        unsigned char *raw = PQunescapeBytea((const unsigned char *)PQgetvalue(res, r, 2), &raw_len);
+        unsigned char *raw =
+            PQunescapeBytea((const unsigned char *)PQgetvalue(res, r, 2), &raw_len);
         ev->sequence = strtoull(PQgetvalue(res, r, 0), NULL, 10);
         ev->topic = strdup(PQgetvalue(res, r, 1));
         ev->envelope = raw ? malloc(raw_len + 11) : NULL;
@@ -169,8 +170,8 @@ static void publish_pending(ac_outbox_t *self)
         if (rc == AC_ERR_AGAIN)
             return; /* on_bus_ready resumes */
         if (rc != 0) {
-            ac_error("outbox: cannot publish sequence %llu: %s",
-                     (unsigned long long)ev->sequence, ac_strerror(rc));
+            ac_error("outbox: cannot publish sequence %llu: %s", (unsigned long long)ev->sequence,
+                     ac_strerror(rc));
             return;
         }
         self->published_seq = ev->sequence;
@@ -212,8 +213,8 @@ static void on_relay_result(ac_db_txn_t *txn, int err, void *arg)
         return;
     }
     ac_backoff_reset(&self->backoff);
-    self->persisted_seq = self->published_seq > self->persisted_seq ? self->published_seq
-                                                                    : self->persisted_seq;
+    self->persisted_seq =
+        self->published_seq > self->persisted_seq ? self->published_seq : self->persisted_seq;
     nrows = rows && PQresultStatus(rows) == PGRES_TUPLES_OK ? PQntuples(rows) : 0;
     if (nrows > 0 && pending_load(self, rows) != 0) {
         ac_error("outbox: out of memory loading %d events", nrows);

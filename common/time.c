@@ -59,8 +59,8 @@ char *ac_time_format_us(int64_t us, char *buf)
     int64_t rem = secs - days * 86400;
     int y, m, d;
     civil_from_days(days, &y, &m, &d);
-    snprintf(buf, AC_TIME_STRLEN, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", y, m, d,
-             (int)(rem / 3600), (int)(rem / 60 % 60), (int)(rem % 60), (int)frac);
+    snprintf(buf, AC_TIME_STRLEN, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", y, m, d, (int)(rem / 3600),
+             (int)(rem / 60 % 60), (int)(rem % 60), (int)frac);
     return buf;
 }
 

@@ -105,7 +105,8 @@ int bus_setup(bus_t *self, struct ev_loop *loop, const bus_config_t *cfg)
     if (ac_zsock_set_hwm(self->input, 1000, (int)cfg->hwm) ||
         ac_zsock_set_maxmsgsize(self->input, cfg->max_msg) ||
         ac_zsock_set_hwm(self->output, (int)cfg->hwm, 1000) ||
-        ac_zsock_bind(self->input, cfg->input_bind) || ac_zsock_bind(self->output, cfg->output_bind))
+        ac_zsock_bind(self->input, cfg->input_bind) ||
+        ac_zsock_bind(self->output, cfg->output_bind))
         return AC_ERR_IO;
     /* everything published reaches the bus; the output filters per subscriber */
     if (ac_zsock_subscribe(self->input, ""))

@@ -22,16 +22,16 @@ typedef struct bus_config {
 } bus_config_t;
 
 typedef struct bus {
-    struct ev_loop *loop;     /* borrowed from main() */
-    const bus_config_t *cfg;  /* borrowed */
-    ac_zsock_t *input;        /* owned XSUB */
-    ac_zsock_t *output;       /* owned XPUB */
-    ev_signal sigint;         /* graceful stop */
+    struct ev_loop *loop;    /* borrowed from main() */
+    const bus_config_t *cfg; /* borrowed */
+    ac_zsock_t *input;       /* owned XSUB */
+    ac_zsock_t *output;      /* owned XPUB */
+    ev_signal sigint;        /* graceful stop */
     ev_signal sigterm;
-    ev_timer stats;           /* periodic one-line summary */
-    uint64_t forwarded;       /* messages passed to the output */
-    uint64_t malformed;       /* messages dropped as malformed */
-    uint64_t subscribes;      /* subscription messages seen on the output */
+    ev_timer stats;      /* periodic one-line summary */
+    uint64_t forwarded;  /* messages passed to the output */
+    uint64_t malformed;  /* messages dropped as malformed */
+    uint64_t subscribes; /* subscription messages seen on the output */
     uint64_t unsubscribes;
 } bus_t;
 

@@ -2,7 +2,8 @@
  * refused cleanly, and a decoded envelope must survive the JSON rendering, the topic
  * check and the relay's sequence append.
  *   cmake -S . -B build/fuzz -DCMAKE_C_COMPILER=clang -DAC_FUZZ=ON
- *   cmake --build build/fuzz --target fuzz_envelope && build/fuzz/tests/fuzz/fuzz_envelope -max_total_time=60 */
+ *   cmake --build build/fuzz --target fuzz_envelope && build/fuzz/tests/fuzz/fuzz_envelope
+ * -max_total_time=60 */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>

@@ -8,7 +8,7 @@ import requests
 def test_healthz(stack):
     r = requests.get(stack.intake.url + "/healthz", timeout=5)
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "db": "up"}
+    assert r.json() == {"status": "ok", "db": "up", "tokens": "loaded"}
 
 
 def test_metrics_counts_requests(stack, api):

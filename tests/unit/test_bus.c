@@ -122,8 +122,8 @@ static int enough_malformed(fixture_t *f)
 static void test_forwarding_and_garbage(void **state)
 {
     fixture_t *f = *state;
-    ac_bus_sub_config_t scfg = {.endpoint = f->out_ep, .on_event = on_event,
-                                .on_garbage = on_garbage, .arg = f};
+    ac_bus_sub_config_t scfg = {
+        .endpoint = f->out_ep, .on_event = on_event, .on_garbage = on_garbage, .arg = f};
     ac_bus_sub_t *sub = ac_bus_sub_new(f->loop, &scfg);
     ac_bus_pub_t *pub = ac_bus_pub_new(f->loop, f->in_ep);
     ac_zsock_t *rogue = ac_zsock_new(f->loop, AC_ZSOCK_PUB);

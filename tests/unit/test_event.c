@@ -51,7 +51,8 @@ static void test_pack_and_sequence(void **state)
         assert_non_null(p);
         assert_ptr_equal(p->descriptor, &aftercare__v1__ticket_created__descriptor);
         assert_string_equal(env->ticket_created->ticket->number, "SV-20261122-000042");
-        assert_int_equal(env->ticket_created->ticket->priority, AFTERCARE__V1__PRIORITY__PRIORITY_P2);
+        assert_int_equal(env->ticket_created->ticket->priority,
+                         AFTERCARE__V1__PRIORITY__PRIORITY_P2);
         aftercare__v1__envelope__free_unpacked(env, NULL);
         free(out);
     }

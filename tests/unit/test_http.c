@@ -167,13 +167,11 @@ static int stub_authenticate(void *arg, const char *token, const char **name_out
     return 0;
 }
 
-static int stub_health(void *arg, char *reason, size_t len)
+static int stub_health(void *arg, json_t *checks)
 {
     fixture_t *fx = arg;
-    if (!fx->is_unhealthy)
-        return 0;
-    snprintf(reason, len, "database unreachable");
-    return AC_ERR_UNAVAILABLE;
+    json_object_set_new(checks, "db", json_string(fx->is_unhealthy ? "down" : "up"));
+    return fx->is_unhealthy ? AC_ERR_UNAVAILABLE : 0;
 }
 
 static void on_client_done(struct ev_loop *loop, ev_async *w, int revents)
@@ -719,13 +717,13 @@ static void test_healthz(void **state)
     response_t r;
     fetch(fx, &r, "GET", "/healthz", NULL, NULL);
     assert_int_equal(r.status, 200);
-    assert_string_equal(r.body, "{\"status\":\"ok\"}");
+    assert_string_equal(r.body, "{\"db\":\"up\",\"status\":\"ok\"}");
     response_free(&r);
 
     fx->is_unhealthy = 1;
     fetch(fx, &r, "GET", "/healthz", NULL, NULL);
     assert_int_equal(r.status, 503);
-    assert_string_equal(r.body, "{\"status\":\"unavailable\",\"reason\":\"database unreachable\"}");
+    assert_string_equal(r.body, "{\"db\":\"down\",\"status\":\"unavailable\"}");
     response_free(&r);
 }
 

@@ -31,9 +31,9 @@ static void test_rfc3339_rejects(void **state)
     static const char *const bad[] = {
         "",
         "2026-11-22",
-        "2026-11-22T10:00:00",       /* no zone */
-        "2026-11-22 10:00:00Z",      /* space */
-        "2026-02-30T10:00:00Z",      /* no such day */
+        "2026-11-22T10:00:00",  /* no zone */
+        "2026-11-22 10:00:00Z", /* space */
+        "2026-02-30T10:00:00Z", /* no such day */
         "2026-13-01T10:00:00Z",
         "2026-11-22T24:00:00Z",
         "2026-11-22T10:60:00Z",
@@ -141,9 +141,12 @@ static void test_uuid(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rfc3339_round_trip), cmocka_unit_test(test_rfc3339_rejects),
-        cmocka_unit_test(test_dates),              cmocka_unit_test(test_backoff),
-        cmocka_unit_test(test_config),             cmocka_unit_test(test_uuid),
+        cmocka_unit_test(test_rfc3339_round_trip),
+        cmocka_unit_test(test_rfc3339_rejects),
+        cmocka_unit_test(test_dates),
+        cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_config),
+        cmocka_unit_test(test_uuid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,94 @@
+/* intake.h — the intake service: customers, products, warranty policies, tickets and
+ * their status history, served over HTTP (docs/api.md); every ticket change publishes
+ * its event through intake.outbox in the same transaction.
+ *
+ * Modules: main.c wires, api.c (HTTP handlers and JSON), batch.c (group commit of
+ * ticket creates), validate.c (pure input rules), store.c (all SQL), events.c
+ * (protobuf payloads).
+ *
+ * Owns (intake_t): the database pool, the token cache, the outbox relay, the HTTP
+ * server, the metrics registry, the signal watchers, and every request waiting on the
+ * database (the ops list and the create queues). */
+#ifndef INTAKE_H
+#define INTAKE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <ev.h>
+
+#include "ac_auth.h"
+#include "ac_db.h"
+#include "ac_http.h"
+#include "ac_metrics.h"
+#include "ac_outbox.h"
+#include "validate.h"
+
+typedef struct intake_config {
+    char *db_conninfo; /* AC_INTAKE_DB (required) */
+    char *http_addr;   /* AC_INTAKE_HTTP_ADDR */
+    int http_port;     /* AC_INTAKE_HTTP_PORT */
+    long db_pool;      /* AC_INTAKE_DB_POOL: connections */
+    long max_body;     /* AC_INTAKE_MAX_BODY: bytes */
+    long batch_max;    /* AC_INTAKE_BATCH_MAX: creates per group-commit transaction */
+    char *bus_input;   /* AC_BUS_INPUT */
+    char *log_level;   /* AC_LOG_LEVEL */
+    char *log_format;  /* AC_LOG_FORMAT: text | json */
+} intake_config_t;
+
+/* A request waiting on the database. Embedded first in every async request struct. */
+typedef struct intake_op {
+    struct intake_op *prev, *next; /* in intake_t.ops while attached */
+    ac_http_req_t *req;            /* NULL once answered by intake_ops_abort() */
+} intake_op_t;
+
+typedef struct intake_create intake_create_t; /* batch.c */
+
+typedef struct intake {
+    struct ev_loop *loop;       /* borrowed from main() */
+    const intake_config_t *cfg; /* borrowed; outlives the service */
+    ac_metrics_t *metrics;      /* owned */
+    ac_db_t *db;                /* owned */
+    ac_auth_t *auth;            /* owned */
+    ac_outbox_t *outbox;        /* owned */
+    ac_http_t *http;            /* owned */
+    ac_db_config_t db_cfg;      /* must outlive db */
+    ac_outbox_config_t outbox_cfg;
+    ac_http_config_t http_cfg;
+    ev_signal sigint, sigterm; /* graceful stop */
+    ev_timer stop_deadline;    /* gives requests in flight this long after a signal */
+    int is_stopping;           /* a signal came: new requests get 503, the rest finish */
+    int is_closed;             /* the loop has ended: start no database work */
+
+    intake_op_t ops; /* sentinel of the attached requests */
+    size_t nops;
+
+    /* group commit (batch.c) */
+    intake_create_t *queue_head, *queue_tail; /* validated creates, in arrival order */
+    size_t queue_len;
+    intake_create_t *retry_head, *retry_tail; /* creates of a failed batch, run alone */
+    int is_batch_in_flight;
+    int is_kicking; /* inside batch.c's kick(): no recursion */
+
+    ac_db_stats_t db_seen; /* db counters already exported to metrics */
+} intake_t;
+
+/* api.c */
+extern const ac_http_route_t intake_routes[];
+/* Initialises the ops list and declares the service's metrics. */
+void intake_api_setup(intake_t *self);
+void intake_op_attach(intake_t *self, intake_op_t *op, ac_http_req_t *req);
+void intake_op_detach(intake_t *self, intake_op_t *op); /* safe when already detached */
+void intake_ops_abort(intake_t *self);                  /* 503 to all, detaches them */
+/* 503 unavailable, or 500 internal_error for an unexpected SQL error (logged). */
+void intake_reply_db_error(ac_http_req_t *req, int err, const ac_db_txn_t *txn);
+
+/* batch.c */
+/* Queues a validated create; the reply comes after its group commit. Takes nothing from
+ * the caller (in is rendered into SQL parameters at once). */
+int intake_create_submit(intake_t *self, ac_http_req_t *req, const intake_ticket_in_t *in,
+                         const char *idem_key, const char *request_hash) AC_WUR;
+/* After the pool is gone: frees the creates still queued (already answered). */
+void intake_create_drop_all(intake_t *self);
+
+#endif

@@ -1,0 +1,232 @@
+/* main.c — aftercare-intake: configuration, then intake_setup(), the loop,
+ * intake_teardown() (the reverse order). A first SIGINT/SIGTERM lets the requests in
+ * flight finish (up to STOP_GRACE_S), a second one stops at once. */
+#include <ev.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ac_config.h"
+#include "ac_log.h"
+#include "intake.h"
+#include "store.h"
+
+#define STOP_GRACE_S   5.0  /* longest wait for requests in flight after a signal */
+#define MIGRATE_WAIT_S 30.0 /* PostgreSQL may still be starting */
+
+extern const ac_migration_t intake_migrations[];
+
+static const ac_cfg_key_t intake_config_keys[] = {
+    {"AC_INTAKE_DB", AC_CFG_STRING, offsetof(intake_config_t, db_conninfo), NULL, 0, 0,
+     "libpq connection string of the intake login"},
+    {"AC_INTAKE_HTTP_ADDR", AC_CFG_STRING, offsetof(intake_config_t, http_addr), "127.0.0.1", 0, 0,
+     "HTTP bind address"},
+    {"AC_INTAKE_HTTP_PORT", AC_CFG_PORT, offsetof(intake_config_t, http_port), "8081", 0, 0,
+     "HTTP port"},
+    {"AC_INTAKE_DB_POOL", AC_CFG_INT, offsetof(intake_config_t, db_pool), "4", 1, 256,
+     "database connections"},
+    {"AC_INTAKE_MAX_BODY", AC_CFG_INT, offsetof(intake_config_t, max_body), "65536", 1024, 16777216,
+     "largest request body in bytes"},
+    {"AC_INTAKE_BATCH_MAX", AC_CFG_INT, offsetof(intake_config_t, batch_max), "256", 1, 10000,
+     "ticket creates per group-commit transaction"},
+    {"AC_BUS_INPUT", AC_CFG_STRING, offsetof(intake_config_t, bus_input), "tcp://127.0.0.1:5570", 0,
+     0, "the bus daemon's input endpoint"},
+    {"AC_LOG_LEVEL", AC_CFG_STRING, offsetof(intake_config_t, log_level), "info", 0, 0,
+     "debug, info, warn or error"},
+    {"AC_LOG_FORMAT", AC_CFG_STRING, offsetof(intake_config_t, log_format), "text", 0, 0,
+     "text or json"},
+    {NULL, 0, 0, NULL, 0, 0, NULL},
+};
+
+static const char *const listen_channels[] = {"ac_auth", NULL};
+
+/* --- glue callbacks ---------------------------------------------------------------------- */
+
+static void on_db_notify(void *arg, const char *channel, const char *payload)
+{
+    intake_t *self = arg;
+    if (self->auth)
+        ac_auth_on_notify(self->auth, channel, payload);
+}
+
+static int on_authenticate(void *arg, const char *token, const char **name_out)
+{
+    intake_t *self = arg;
+    if (!self->auth || !ac_auth_is_loaded(self->auth))
+        return -1; /* 503: a valid token must never be told it is unknown */
+    return ac_auth_lookup(self->auth, token, name_out);
+}
+
+static int on_health(void *arg, json_t *checks)
+{
+    intake_t *self = arg;
+    int is_db_up = ac_db_is_up(self->db);
+    int is_auth_loaded = self->auth && ac_auth_is_loaded(self->auth);
+    json_object_set_new(checks, "db", json_string(is_db_up ? "up" : "down"));
+    json_object_set_new(checks, "tokens", json_string(is_auth_loaded ? "loaded" : "loading"));
+    return is_db_up && is_auth_loaded ? 0 : AC_ERR_UNAVAILABLE;
+}
+
+static void stop(intake_t *self, const char *signame)
+{
+    if (self->is_stopping) {
+        ac_warn("%s again: stopping now", signame);
+        ev_break(self->loop, EVBREAK_ALL);
+        return;
+    }
+    self->is_stopping = 1;
+    ac_info("%s: stopping after %zu requests in flight", signame, self->nops);
+    if (self->nops == 0) {
+        ev_break(self->loop, EVBREAK_ALL);
+        return;
+    }
+    ev_timer_start(self->loop, &self->stop_deadline);
+}
+
+static void on_sigint(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    stop(ac_container_of(w, intake_t, sigint), "SIGINT");
+}
+
+static void on_sigterm(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    stop(ac_container_of(w, intake_t, sigterm), "SIGTERM");
+}
+
+static void on_stop_deadline(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    intake_t *self = ac_container_of(w, intake_t, stop_deadline);
+    ac_warn("%zu requests still in flight after %.0f s: stopping anyway", self->nops, STOP_GRACE_S);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+/* --- setup / teardown ------------------------------------------------------------------ */
+
+static int intake_setup(intake_t *self, struct ev_loop *loop, const intake_config_t *cfg)
+{
+    memset(self, 0, sizeof *self);
+    self->loop = loop;
+    self->cfg = cfg;
+
+    if (ac_db_migrate(cfg->db_conninfo, "intake", "intake", intake_migrations, MIGRATE_WAIT_S) <
+            0 ||
+        ac_outbox_migrate(cfg->db_conninfo, "intake", MIGRATE_WAIT_S) < 0) {
+        ac_error("intake: database migrations failed");
+        return -1;
+    }
+
+    if (!(self->metrics = ac_metrics_new("aftercare_intake")))
+        return -1;
+    intake_api_setup(self);
+
+    self->db_cfg = (ac_db_config_t){
+        .conninfo = cfg->db_conninfo,
+        .pool_size = (int)cfg->db_pool,
+        .stmts = intake_stmts,
+        .nstmts = INTAKE_STMT__COUNT,
+        .listen = listen_channels,
+        .on_notify = on_db_notify,
+        .notify_arg = self,
+        .name = "intake",
+    };
+    if (!(self->db = ac_db_new(loop, &self->db_cfg)))
+        return -1;
+    if (!(self->auth = ac_auth_new(loop, self->db)))
+        return -1;
+
+    self->outbox_cfg = (ac_outbox_config_t){
+        .conninfo = cfg->db_conninfo,
+        .schema = "intake",
+        .source = "aftercare/intake",
+        .bus_endpoint = cfg->bus_input,
+        .metrics = self->metrics,
+    };
+    if (!(self->outbox = ac_outbox_new(loop, &self->outbox_cfg)))
+        return -1;
+
+    self->http_cfg = (ac_http_config_t){
+        .bind_addr = cfg->http_addr,
+        .port = cfg->http_port,
+        .max_body_bytes = (size_t)cfg->max_body,
+        .routes = intake_routes,
+        .handler_arg = self,
+        .authenticate = on_authenticate,
+        .auth_arg = self,
+        .health = on_health,
+        .health_arg = self,
+        .metrics = self->metrics,
+    };
+    if (!(self->http = ac_http_new(loop, &self->http_cfg)))
+        return -1;
+
+    ev_signal_init(&self->sigint, on_sigint, SIGINT);
+    ev_signal_start(loop, &self->sigint);
+    ev_signal_init(&self->sigterm, on_sigterm, SIGTERM);
+    ev_signal_start(loop, &self->sigterm);
+    ev_timer_init(&self->stop_deadline, on_stop_deadline, STOP_GRACE_S, 0.);
+
+    ac_info("intake listening on http://%s:%d", cfg->http_addr, ac_http_port(self->http));
+    return 0;
+}
+
+static void intake_teardown(intake_t *self)
+{
+    if (self->loop) {
+        ev_signal_stop(self->loop, &self->sigint);
+        ev_signal_stop(self->loop, &self->sigterm);
+        ev_timer_stop(self->loop, &self->stop_deadline);
+    }
+    self->is_closed = 1; /* from here on no batch or call starts */
+    if (self->ops.next)
+        intake_ops_abort(self);
+    ac_http_destroy(&self->http);
+    ac_outbox_destroy(&self->outbox);
+    ac_auth_destroy(&self->auth);
+    ac_db_destroy(&self->db); /* the calls still in flight end here, unanswered */
+    intake_create_drop_all(self);
+    ac_metrics_destroy(&self->metrics);
+}
+
+int main(void)
+{
+    intake_config_t cfg = {0};
+    intake_t intake;
+    struct ev_loop *loop = EV_DEFAULT;
+    char err[256];
+    int level, rc = 0;
+
+    if (ac_config_load(&cfg, intake_config_keys, err, sizeof err) != 0) {
+        fprintf(stderr, "aftercare-intake: %s\n", err);
+        ac_config_free(&cfg, intake_config_keys);
+        return 2;
+    }
+    level = ac_log_level_parse(cfg.log_level);
+    if (level < 0) {
+        fprintf(stderr,
+                "aftercare-intake: AC_LOG_LEVEL=\"%s\" must be debug, info, warn or error\n",
+                cfg.log_level);
+        ac_config_free(&cfg, intake_config_keys);
+        return 2;
+    }
+    if (strcmp(cfg.log_format, "text") != 0 && strcmp(cfg.log_format, "json") != 0) {
+        fprintf(stderr, "aftercare-intake: AC_LOG_FORMAT=\"%s\" must be text or json\n",
+                cfg.log_format);
+        ac_config_free(&cfg, intake_config_keys);
+        return 2;
+    }
+    ac_log_init("intake", (ac_log_level_t)level, strcmp(cfg.log_format, "json") == 0);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (intake_setup(&intake, loop, &cfg) != 0) {
+        ac_error("intake: cannot start");
+        rc = 1;
+    } else {
+        ev_run(loop, 0);
+    }
+    intake_teardown(&intake);
+    ac_config_free(&cfg, intake_config_keys);
+    ac_info("intake stopped");
+    return rc;
+}

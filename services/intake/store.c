@@ -1,0 +1,515 @@
+/* store.c — see store.h. The JSON documents the API returns are built by the SQL
+ * functions of migrations/001_init.sql (intake.ticket_doc() etc.), so a row crosses the
+ * wire once, already in its final shape. */
+#include "store.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "ac_log.h"
+#include "ac_time.h"
+
+/* Shared FROM clause: the ticket with its customer and (optional) product. */
+#define TICKET_FROM                                                                                \
+    "FROM intake.tickets t "                                                                       \
+    "JOIN intake.customers c ON c.id = t.customer_id "                                             \
+    "LEFT JOIN intake.products p ON p.id = t.product_id "
+
+static const char SQL_CREATE_TICKET[] =
+    "SELECT r_status, r_field, r_message, r_doc FROM intake.create_ticket("
+    "$1::text, $2::text, $3::uuid, $4::uuid, $5::text, $6::text, $7::text, $8::timestamptz, "
+    "$9::text, $10::boolean, $11::text, $12::text, $13::json, $14::json, $15::text)";
+
+static const char SQL_OUTBOX_INSERT[] =
+    "INSERT INTO intake.outbox (event_id, topic, envelope) VALUES ($1::uuid, $2::text, $3::bytea)";
+
+static const char SQL_TICKET_GET[] =
+    "SELECT intake.ticket_doc(t, c, p), "
+    "(SELECT coalesce(json_agg(json_build_object('from', h.from_status, 'to', h.to_status, "
+    "'at', intake.ts(h.at), 'reason', h.reason, 'actor', h.actor) ORDER BY h.seq), '[]') "
+    "FROM intake.ticket_status_history h WHERE h.ticket_id = t.id) " TICKET_FROM
+    "WHERE t.number = $1::text";
+
+static const char SQL_TICKET_LOCK[] =
+    "SELECT intake.ticket_doc(t, c, p), intake.ts(now()) " TICKET_FROM
+    "WHERE t.number = $1::text FOR UPDATE OF t";
+
+static const char SQL_TICKET_UPDATE[] =
+    "UPDATE intake.tickets SET description = $2::text, category = $3::text, "
+    "urgency = $4::text, expedite = $5::boolean, priority = $6::text, contact = $7::json, "
+    "status = $8::text, version = $9::bigint, updated_at = now(), "
+    "resolved_at = $10::timestamptz, closed_at = $11::timestamptz "
+    "WHERE id = $1::uuid AND version = $9::bigint - 1";
+
+static const char SQL_HISTORY_INSERT[] =
+    "INSERT INTO intake.ticket_status_history "
+    "(ticket_id, seq, from_status, to_status, at, reason, actor) "
+    "SELECT $1::uuid, coalesce(max(h.seq), 0) + 1, $2::text, $3::text, now(), $4::text, "
+    "$5::text FROM intake.ticket_status_history h WHERE h.ticket_id = $1::uuid";
+
+/* Newest first; fetches limit + 1 rows to know whether another page follows. */
+static const char SQL_TICKET_LIST[] =
+    "SELECT t.seq, intake.ticket_doc(t, c, p) " TICKET_FROM
+    "WHERE ($1::text IS NULL OR t.status = $1::text) "
+    "AND ($2::text IS NULL OR t.priority = $2::text) "
+    "AND ($3::text IS NULL OR t.category = $3::text) "
+    "AND ($4::uuid IS NULL OR t.customer_id = $4::uuid) "
+    "AND ($5::timestamptz IS NULL OR t.created_at >= $5::timestamptz) "
+    "AND ($6::timestamptz IS NULL OR t.created_at <= $6::timestamptz) "
+    "AND ($7::bigint IS NULL OR t.seq < $7::bigint) "
+    "ORDER BY t.seq DESC LIMIT $8::int";
+
+static const char SQL_CUSTOMER_INSERT[] =
+    "INSERT INTO intake.customers AS c (kind, name, tier, phone, email, contacts) "
+    "VALUES ($1::text, $2::text, $3::text, $4::text, $5::text, $6::json) "
+    "RETURNING intake.customer_doc(c)";
+
+static const char SQL_CUSTOMER_GET[] =
+    "SELECT intake.customer_doc(c) FROM intake.customers c WHERE c.id = $1::uuid";
+
+static const char SQL_CUSTOMER_LIST[] =
+    "SELECT c.seq, intake.customer_doc(c) FROM intake.customers c "
+    "WHERE ($1::text IS NULL OR c.tier = $1::text) AND ($2::bigint IS NULL OR c.seq < $2::bigint) "
+    "ORDER BY c.seq DESC LIMIT $3::int";
+
+/* No error for the expected failures: a missing customer inserts nothing (first column
+ * false), a duplicate serial number for the model returns a NULL document. */
+static const char SQL_PRODUCT_INSERT[] =
+    "WITH cust AS (SELECT id FROM intake.customers WHERE id = $1::uuid), "
+    "ins AS (INSERT INTO intake.products AS p "
+    "(customer_id, model, serial_number, purchase_date, install_site, region) "
+    "SELECT cust.id, $2::text, $3::text, $4::date, $5::text, $6::text FROM cust "
+    "ON CONFLICT (model, serial_number) DO NOTHING RETURNING intake.product_doc(p) AS doc) "
+    "SELECT EXISTS (SELECT 1 FROM cust), (SELECT doc FROM ins)";
+
+static const char SQL_PRODUCT_GET[] =
+    "SELECT intake.product_doc(p) FROM intake.products p WHERE p.id = $1::uuid";
+
+static const char SQL_PRODUCT_LIST[] = "SELECT p.seq, intake.product_doc(p) FROM intake.products p "
+                                       "WHERE ($1::uuid IS NULL OR p.customer_id = $1::uuid) "
+                                       "AND ($2::bigint IS NULL OR p.seq < $2::bigint) "
+                                       "ORDER BY p.seq DESC LIMIT $3::int";
+
+static const char SQL_POLICY_PUT[] =
+    "INSERT INTO intake.warranty_policies AS w (model, months, description) "
+    "VALUES ($1::text, $2::int, $3::text) "
+    "ON CONFLICT (model) DO UPDATE SET months = EXCLUDED.months, "
+    "description = EXCLUDED.description, updated_at = now() "
+    "RETURNING intake.policy_doc(w)";
+
+static const char SQL_POLICY_LIST[] =
+    "SELECT coalesce(json_agg(intake.policy_doc(w) ORDER BY w.model), '[]') "
+    "FROM intake.warranty_policies w";
+
+const ac_db_stmt_t intake_stmts[INTAKE_STMT__COUNT] = {
+    [INTAKE_STMT_CREATE_TICKET] = {SQL_CREATE_TICKET, INTAKE_CREATE_NARGS},
+    [INTAKE_STMT_OUTBOX_INSERT] = {SQL_OUTBOX_INSERT, 3},
+    [INTAKE_STMT_TICKET_GET] = {SQL_TICKET_GET, 1},
+    [INTAKE_STMT_TICKET_LOCK] = {SQL_TICKET_LOCK, 1},
+    [INTAKE_STMT_TICKET_UPDATE] = {SQL_TICKET_UPDATE, 11},
+    [INTAKE_STMT_HISTORY_INSERT] = {SQL_HISTORY_INSERT, 5},
+    [INTAKE_STMT_TICKET_LIST] = {SQL_TICKET_LIST, 8},
+    [INTAKE_STMT_CUSTOMER_INSERT] = {SQL_CUSTOMER_INSERT, 6},
+    [INTAKE_STMT_CUSTOMER_GET] = {SQL_CUSTOMER_GET, 1},
+    [INTAKE_STMT_CUSTOMER_LIST] = {SQL_CUSTOMER_LIST, 3},
+    [INTAKE_STMT_PRODUCT_INSERT] = {SQL_PRODUCT_INSERT, 6},
+    [INTAKE_STMT_PRODUCT_GET] = {SQL_PRODUCT_GET, 1},
+    [INTAKE_STMT_PRODUCT_LIST] = {SQL_PRODUCT_LIST, 3},
+    [INTAKE_STMT_POLICY_PUT] = {SQL_POLICY_PUT, 3},
+    [INTAKE_STMT_POLICY_LIST] = {SQL_POLICY_LIST, 0},
+};
+
+/* --- helpers ----------------------------------------------------------------------- */
+
+static const PGresult *result_rows(const ac_db_txn_t *t, int i)
+{
+    const PGresult *res = ac_db_txn_result(t, i);
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
+        return NULL;
+    return res;
+}
+
+/* JSON cell (row, col); NULL for SQL NULL or unparsable text (logged). */
+static json_t *json_cell(const PGresult *res, int row, int col)
+{
+    json_error_t jerr;
+    json_t *v;
+    if (PQgetisnull(res, row, col))
+        return NULL;
+    v = json_loadb(PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col), JSON_DECODE_ANY,
+                   &jerr);
+    if (!v)
+        ac_error("store: unparsable JSON from the database: %s", jerr.text);
+    return v;
+}
+
+static void copy_cell(const PGresult *res, int row, int col, char *out, size_t len)
+{
+    snprintf(out, len, "%s", PQgetisnull(res, row, col) ? "" : PQgetvalue(res, row, col));
+}
+
+static char *dup_or_null(const char *s, int *is_oom)
+{
+    char *d;
+    if (!s)
+        return NULL;
+    d = strdup(s);
+    if (!d)
+        *is_oom = 1;
+    return d;
+}
+
+static char *dump_or_null(const json_t *v, int *is_oom)
+{
+    char *d;
+    if (!v)
+        return NULL;
+    d = json_dumps(v, JSON_COMPACT);
+    if (!d)
+        *is_oom = 1;
+    return d;
+}
+
+static const char *doc_str(const json_t *doc, const char *key)
+{
+    return json_string_value(json_object_get(doc, key)); /* NULL for JSON null */
+}
+
+/* --- ticket creation --------------------------------------------------------------- */
+
+int intake_store_create_args(const intake_ticket_in_t *in, const char *idem_key,
+                             const char *request_hash, const char *actor, intake_create_args_t *out)
+{
+    char occurred[AC_TIME_STRLEN];
+    int is_oom = 0;
+    int urgency = in->urgency, category = in->category;
+    char **v = out->v;
+
+    memset(out, 0, sizeof *out);
+    v[0] = dup_or_null(idem_key, &is_oom);
+    v[1] = dup_or_null(idem_key ? request_hash : NULL, &is_oom);
+    v[2] = dup_or_null(in->customer_id, &is_oom);
+    v[3] = dup_or_null(in->product_id, &is_oom);
+    v[4] = dup_or_null(INTAKE_ENUM_NAME(intake_channel_names, in->channel), &is_oom);
+    v[5] = dup_or_null(INTAKE_ENUM_NAME(intake_category_names, category), &is_oom);
+    v[6] = dup_or_null(in->description, &is_oom);
+    v[7] = dup_or_null(in->has_occurred_at ? ac_time_format_us(in->occurred_at_us, occurred) : NULL,
+                       &is_oom);
+    v[8] = dup_or_null(INTAKE_ENUM_NAME(intake_urgency_names, urgency), &is_oom);
+    v[9] = dup_or_null(in->is_expedite ? "true" : "false", &is_oom);
+    v[10] = dup_or_null(INTAKE_ENUM_NAME(intake_priority_names,
+                                         intake_priority(urgency, category, 0, in->is_expedite)),
+                        &is_oom);
+    v[11] = dup_or_null(INTAKE_ENUM_NAME(intake_priority_names,
+                                         intake_priority(urgency, category, 1, in->is_expedite)),
+                        &is_oom);
+    v[12] = dump_or_null(in->contact, &is_oom);
+    v[13] = dump_or_null(in->attachments, &is_oom);
+    v[14] = dup_or_null(actor, &is_oom);
+    if (is_oom) {
+        intake_store_create_args_clear(out);
+        return AC_ERR_NOMEM;
+    }
+    return 0;
+}
+
+void intake_store_create_args_clear(intake_create_args_t *a)
+{
+    for (size_t i = 0; i < INTAKE_CREATE_NARGS; i++) {
+        free(a->v[i]);
+        a->v[i] = NULL;
+    }
+}
+
+int intake_store_add_create_ticket(ac_db_txn_t *t, const intake_create_args_t *a)
+{
+    const char *values[INTAKE_CREATE_NARGS];
+    for (size_t i = 0; i < INTAKE_CREATE_NARGS; i++)
+        values[i] = a->v[i];
+    return ac_db_txn_add(t, INTAKE_STMT_CREATE_TICKET, values, NULL, NULL);
+}
+
+int intake_store_create_ticket_result(const ac_db_txn_t *t, int i, intake_create_result_t *out)
+{
+    const PGresult *res = result_rows(t, i);
+    char status[32];
+
+    memset(out, 0, sizeof *out);
+    if (!res || PQntuples(res) != 1 || PQnfields(res) != 4) {
+        ac_error("store: intake.create_ticket() returned no row");
+        return AC_ERR_PROTO;
+    }
+    copy_cell(res, 0, 0, status, sizeof status);
+    copy_cell(res, 0, 1, out->field, sizeof out->field);
+    copy_cell(res, 0, 2, out->message, sizeof out->message);
+    if (strcmp(status, "created") == 0 || strcmp(status, "replayed") == 0) {
+        out->outcome = status[0] == 'c' ? INTAKE_CREATE_CREATED : INTAKE_CREATE_REPLAYED;
+        out->doc = json_cell(res, 0, 3);
+        if (!json_is_object(out->doc)) {
+            ac_error("store: intake.create_ticket() returned %s without a ticket", status);
+            json_decref(out->doc);
+            out->doc = NULL;
+            return AC_ERR_PROTO;
+        }
+        return 0;
+    }
+    out->outcome = INTAKE_CREATE_REJECTED;
+    snprintf(out->code, sizeof out->code, "%s", status);
+    return 0;
+}
+
+int intake_store_add_outbox(ac_db_txn_t *t, const char *event_id, const char *topic,
+                            const uint8_t *envelope, size_t len)
+{
+    const char *values[3] = {event_id, topic, (const char *)envelope};
+    int lengths[3] = {0, 0, (int)len};
+    int formats[3] = {0, 0, 1};
+    return ac_db_txn_add(t, INTAKE_STMT_OUTBOX_INSERT, values, lengths, formats);
+}
+
+/* --- tickets ----------------------------------------------------------------------- */
+
+int intake_store_add_ticket_get(ac_db_txn_t *t, const char *number)
+{
+    const char *values[1] = {number};
+    return ac_db_txn_add(t, INTAKE_STMT_TICKET_GET, values, NULL, NULL);
+}
+
+int intake_store_ticket_get_result(const ac_db_txn_t *t, int i, json_t **doc_out)
+{
+    const PGresult *res = result_rows(t, i);
+    json_t *doc, *history;
+
+    *doc_out = NULL;
+    if (!res)
+        return AC_ERR_PROTO;
+    if (PQntuples(res) == 0)
+        return AC_ERR_NOTFOUND;
+    doc = json_cell(res, 0, 0);
+    history = json_cell(res, 0, 1);
+    if (!json_is_object(doc) || !json_is_array(history) ||
+        json_object_set_new(doc, "history", history) < 0) {
+        json_decref(doc);
+        return AC_ERR_PROTO;
+    }
+    *doc_out = doc;
+    return 0;
+}
+
+int intake_store_add_ticket_lock(ac_db_txn_t *t, const char *number)
+{
+    const char *values[1] = {number};
+    return ac_db_txn_add(t, INTAKE_STMT_TICKET_LOCK, values, NULL, NULL);
+}
+
+int intake_store_ticket_lock_result(const ac_db_txn_t *t, int i, json_t **doc_out, char now_out[32])
+{
+    const PGresult *res = result_rows(t, i);
+    *doc_out = NULL;
+    if (!res)
+        return AC_ERR_PROTO;
+    if (PQntuples(res) == 0)
+        return AC_ERR_NOTFOUND;
+    *doc_out = json_cell(res, 0, 0);
+    if (!json_is_object(*doc_out)) {
+        json_decref(*doc_out);
+        *doc_out = NULL;
+        return AC_ERR_PROTO;
+    }
+    copy_cell(res, 0, 1, now_out, 32);
+    return 0;
+}
+
+int intake_store_add_ticket_update(ac_db_txn_t *t, const json_t *doc)
+{
+    char version[24];
+    int is_oom = 0, rc;
+    char *contact = dump_or_null(json_object_get(doc, "contact"), &is_oom);
+
+    if (is_oom)
+        return AC_ERR_NOMEM;
+    snprintf(version, sizeof version, "%" JSON_INTEGER_FORMAT,
+             json_integer_value(json_object_get(doc, "version")));
+    const char *values[11] = {
+        doc_str(doc, "id"),
+        doc_str(doc, "description"),
+        doc_str(doc, "category"),
+        doc_str(doc, "urgency"),
+        json_is_true(json_object_get(doc, "expedite")) ? "true" : "false",
+        doc_str(doc, "priority"),
+        contact,
+        doc_str(doc, "status"),
+        version,
+        doc_str(doc, "resolved_at"),
+        doc_str(doc, "closed_at"),
+    };
+    rc = ac_db_txn_add(t, INTAKE_STMT_TICKET_UPDATE, values, NULL, NULL);
+    free(contact);
+    return rc;
+}
+
+int intake_store_add_history(ac_db_txn_t *t, const char *ticket_id, const char *from_status,
+                             const char *to_status, const char *reason, const char *actor)
+{
+    const char *values[5] = {ticket_id, from_status, to_status, reason, actor};
+    return ac_db_txn_add(t, INTAKE_STMT_HISTORY_INSERT, values, NULL, NULL);
+}
+
+static void page_params(const intake_page_in_t *page, char cursor[24], char limit[24],
+                        const char **cursor_out)
+{
+    snprintf(cursor, 24, "%" PRId64, page->cursor);
+    snprintf(limit, 24, "%ld", page->limit + 1);
+    *cursor_out = page->cursor > 0 ? cursor : NULL;
+}
+
+int intake_store_add_ticket_list(ac_db_txn_t *t, const intake_ticket_filter_t *f)
+{
+    char cursor[24], limit[24];
+    const char *cursor_v;
+    page_params(&f->page, cursor, limit, &cursor_v);
+    const char *values[8] = {
+        f->status,
+        f->priority,
+        f->category,
+        f->customer_id,
+        f->created_from[0] ? f->created_from : NULL,
+        f->created_to[0] ? f->created_to : NULL,
+        cursor_v,
+        limit,
+    };
+    return ac_db_txn_add(t, INTAKE_STMT_TICKET_LIST, values, NULL, NULL);
+}
+
+/* --- customers, products, warranty policies ----------------------------------------- */
+
+int intake_store_add_customer_insert(ac_db_txn_t *t, const intake_customer_in_t *in)
+{
+    int is_oom = 0, rc;
+    char *contacts = dump_or_null(in->contacts, &is_oom);
+    if (is_oom)
+        return AC_ERR_NOMEM;
+    const char *values[6] = {in->kind,  in->name,  in->tier,
+                             in->phone, in->email, contacts ? contacts : "[]"};
+    rc = ac_db_txn_add(t, INTAKE_STMT_CUSTOMER_INSERT, values, NULL, NULL);
+    free(contacts);
+    return rc;
+}
+
+int intake_store_add_customer_get(ac_db_txn_t *t, const char *id)
+{
+    const char *values[1] = {id};
+    return ac_db_txn_add(t, INTAKE_STMT_CUSTOMER_GET, values, NULL, NULL);
+}
+
+int intake_store_add_customer_list(ac_db_txn_t *t, const intake_list_filter_t *f)
+{
+    char cursor[24], limit[24];
+    const char *cursor_v;
+    page_params(&f->page, cursor, limit, &cursor_v);
+    const char *values[3] = {f->tier, cursor_v, limit};
+    return ac_db_txn_add(t, INTAKE_STMT_CUSTOMER_LIST, values, NULL, NULL);
+}
+
+int intake_store_add_product_insert(ac_db_txn_t *t, const intake_product_in_t *in)
+{
+    const char *values[6] = {in->customer_id,   in->model,        in->serial_number,
+                             in->purchase_date, in->install_site, in->region};
+    return ac_db_txn_add(t, INTAKE_STMT_PRODUCT_INSERT, values, NULL, NULL);
+}
+
+int intake_store_product_insert_result(const ac_db_txn_t *t, int i, int *is_customer_found,
+                                       json_t **doc_out)
+{
+    const PGresult *res = result_rows(t, i);
+    *doc_out = NULL;
+    *is_customer_found = 0;
+    if (!res || PQntuples(res) != 1)
+        return AC_ERR_PROTO;
+    *is_customer_found = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    *doc_out = json_cell(res, 0, 1);
+    return 0;
+}
+
+int intake_store_add_product_get(ac_db_txn_t *t, const char *id)
+{
+    const char *values[1] = {id};
+    return ac_db_txn_add(t, INTAKE_STMT_PRODUCT_GET, values, NULL, NULL);
+}
+
+int intake_store_add_product_list(ac_db_txn_t *t, const intake_list_filter_t *f)
+{
+    char cursor[24], limit[24];
+    const char *cursor_v;
+    page_params(&f->page, cursor, limit, &cursor_v);
+    const char *values[3] = {f->customer_id, cursor_v, limit};
+    return ac_db_txn_add(t, INTAKE_STMT_PRODUCT_LIST, values, NULL, NULL);
+}
+
+int intake_store_add_policy_put(ac_db_txn_t *t, const intake_policy_in_t *in)
+{
+    char months[24];
+    snprintf(months, sizeof months, "%ld", in->months);
+    const char *values[3] = {in->model, months, in->description};
+    return ac_db_txn_add(t, INTAKE_STMT_POLICY_PUT, values, NULL, NULL);
+}
+
+int intake_store_add_policy_list(ac_db_txn_t *t)
+{
+    return ac_db_txn_add(t, INTAKE_STMT_POLICY_LIST, NULL, NULL, NULL);
+}
+
+/* --- generic readers ----------------------------------------------------------------- */
+
+int intake_store_doc_result(const ac_db_txn_t *t, int i, json_t **doc_out)
+{
+    const PGresult *res = result_rows(t, i);
+    *doc_out = NULL;
+    if (!res)
+        return AC_ERR_PROTO;
+    if (PQntuples(res) == 0 || PQgetisnull(res, 0, 0))
+        return AC_ERR_NOTFOUND;
+    *doc_out = json_cell(res, 0, 0);
+    return *doc_out ? 0 : AC_ERR_PROTO;
+}
+
+int intake_store_page_result(const ac_db_txn_t *t, int i, long limit, json_t **body_out)
+{
+    const PGresult *res = result_rows(t, i);
+    json_t *items, *body;
+    int n;
+
+    *body_out = NULL;
+    if (!res || PQnfields(res) != 2)
+        return AC_ERR_PROTO;
+    n = PQntuples(res);
+    items = json_array();
+    body = json_object();
+    if (!items || !body)
+        goto nomem;
+    for (int row = 0; row < n && row < limit; row++) {
+        json_t *doc = json_cell(res, row, 1);
+        if (!doc || json_array_append_new(items, doc) < 0)
+            goto nomem;
+    }
+    if (json_object_set_new(body, "items", items) < 0) {
+        items = NULL;
+        goto nomem;
+    }
+    items = NULL;
+    /* A further row exists: the next page starts after the last item shown. */
+    if (json_object_set_new(body, "next_cursor",
+                            n > limit ? json_string(PQgetvalue(res, (int)limit - 1, 0))
+                                      : json_null()) < 0)
+        goto nomem;
+    *body_out = body;
+    return 0;
+nomem:
+    json_decref(items);
+    json_decref(body);
+    return AC_ERR_NOMEM;
+}
