@@ -2,9 +2,10 @@
  *
  * Validated creates queue up; whenever no batch is in flight, up to AC_INTAKE_BATCH_MAX
  * of them run in ONE transaction of two round trips:
- *   1. one intake.create_ticket() call per request (pipelined; the function never raises
- *      for expected problems, it returns a status per request);
- *   2. one intake.outbox INSERT per ticket actually created, then COMMIT.
+ *   1. one intake.create_tickets() call for the whole batch (migration 002): one
+ *      statement for N requests, which never raises for expected problems but returns a
+ *      status per request — a statement per request costs 2.5x as much database time;
+ *   2. one multi-row intake.outbox INSERT of the tickets actually created, then COMMIT.
  * Clients are answered after the commit. Requests arriving meanwhile keep queueing, so
  * under load a batch carries everything that came in during the previous one and the
  * commit (WAL flush) cost is shared.
@@ -13,8 +14,10 @@
  * serialise concurrent batches anyway (and two batches could deadlock on idempotency
  * keys claimed in opposite orders).
  *
- * A batch that fails with an SQL error (AC_ERR_DB) is retried request by request, so one
- * bad request cannot fail the others; AC_ERR_UNAVAILABLE answers them all 503. */
+ * A batch that fails with an SQL error (AC_ERR_DB) is retried request by request through
+ * intake.create_ticket(), so one bad request cannot fail the others and a race on an
+ * Idempotency-Key with another transaction is resolved; AC_ERR_UNAVAILABLE answers them
+ * all 503. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -201,16 +204,23 @@ static void on_batch_committed(ac_db_txn_t *txn, int err, void *arg)
 static void on_batch_created(ac_db_txn_t *txn, int err, void *arg)
 {
     create_batch_t *b = arg;
-    size_t ncreated = 0;
+    intake_outbox_rows_t rows;
     int rc;
 
     if (err < 0) {
         batch_failed(b, err);
         return;
     }
+    if (intake_outbox_rows_init(&rows) < 0) {
+        batch_failed(b, AC_ERR_UNAVAILABLE);
+        return;
+    }
     for (size_t i = 0; i < b->n; i++) {
         intake_create_t *c = b->items[i];
-        if ((rc = intake_store_create_ticket_result(txn, (int)i, &c->result)) < 0) {
+        rc = b->is_retry ? intake_store_create_ticket_result(txn, (int)i, &c->result)
+                         : intake_store_create_tickets_result(txn, b->n, i, &c->result);
+        if (rc < 0) {
+            intake_outbox_rows_clear(&rows);
             batch_failed(b, AC_ERR_DB);
             return;
         }
@@ -226,20 +236,28 @@ static void on_batch_created(ac_db_txn_t *txn, int err, void *arg)
         size_t len;
         if ((rc = intake_event_pack(&ev, event_id, &buf, &len)) < 0) {
             ac_error("create batch: cannot pack ticket.created: %s", ac_strerror(rc));
+            intake_outbox_rows_clear(&rows);
             batch_failed(b, rc == AC_ERR_NOMEM ? AC_ERR_UNAVAILABLE : AC_ERR_DB);
             return;
         }
-        rc =
-            intake_store_add_outbox(txn, event_id, intake_event_topic(INTAKE_EV_CREATED), buf, len);
+        rc = intake_outbox_rows_append(&rows, event_id, intake_event_topic(INTAKE_EV_CREATED), buf,
+                                       len);
         free(buf);
         if (rc < 0) {
+            intake_outbox_rows_clear(&rows);
             batch_failed(b, AC_ERR_UNAVAILABLE);
             return;
         }
-        ncreated++;
     }
-    if (ncreated == 0) { /* nothing was written: no commit to wait for */
+    if (rows.n == 0) { /* nothing was written: no commit to wait for */
+        intake_outbox_rows_clear(&rows);
         batch_succeeded(b);
+        return;
+    }
+    rc = intake_store_add_outbox_rows(txn, &rows);
+    intake_outbox_rows_clear(&rows);
+    if (rc < 0) {
+        batch_failed(b, AC_ERR_UNAVAILABLE);
         return;
     }
     if ((rc = ac_db_txn_commit(txn, on_batch_committed, b)) < 0)
@@ -282,8 +300,15 @@ static void batch_start(intake_t *self, int is_retry)
     b->txn = ac_db_txn_new(self->db, 1);
     if (!b->txn)
         rc = AC_ERR_UNAVAILABLE;
-    for (size_t i = 0; rc == 0 && i < n; i++)
-        rc = intake_store_add_create_ticket(b->txn, &b->items[i]->args);
+    if (rc == 0 && is_retry) {
+        rc = intake_store_add_create_ticket(b->txn, &b->items[0]->args);
+    } else if (rc == 0) {
+        intake_create_args_t **args = malloc(n * sizeof *args);
+        for (size_t i = 0; args && i < n; i++)
+            args[i] = &b->items[i]->args;
+        rc = args ? intake_store_add_create_tickets(b->txn, args, n) : AC_ERR_NOMEM;
+        free(args);
+    }
     if (rc == 0)
         rc = ac_db_txn_flush(b->txn, on_batch_created, b);
     if (rc < 0) /* nothing was sent: answer at once */

@@ -24,6 +24,20 @@ static const char SQL_CREATE_TICKET[] =
     "$1::text, $2::text, $3::uuid, $4::uuid, $5::text, $6::text, $7::text, $8::timestamptz, "
     "$9::text, $10::boolean, $11::text, $12::text, $13::json, $14::json, $15::text)";
 
+/* The whole batch in one statement (migration 002); $n is the array of parameter n of
+ * intake.create_ticket() over the batch's requests. */
+static const char SQL_CREATE_TICKETS[] =
+    "SELECT idx, r_status, r_field, r_message, r_doc FROM intake.create_tickets("
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "
+    "$8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], "
+    "$15::text[])";
+
+/* Many outbox rows in one statement: ids and topics as text arrays, envelopes as a binary
+ * bytea[] (so one statement trigger, one NOTIFY, one executor start per batch). */
+static const char SQL_OUTBOX_INSERT_MANY[] =
+    "INSERT INTO intake.outbox (event_id, topic, envelope) "
+    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[])";
+
 static const char SQL_OUTBOX_INSERT[] =
     "INSERT INTO intake.outbox (event_id, topic, envelope) VALUES ($1::uuid, $2::text, $3::bytea)";
 
@@ -107,7 +121,9 @@ static const char SQL_POLICY_LIST[] =
 
 const ac_db_stmt_t intake_stmts[INTAKE_STMT__COUNT] = {
     [INTAKE_STMT_CREATE_TICKET] = {SQL_CREATE_TICKET, INTAKE_CREATE_NARGS},
+    [INTAKE_STMT_CREATE_TICKETS] = {SQL_CREATE_TICKETS, INTAKE_CREATE_NARGS},
     [INTAKE_STMT_OUTBOX_INSERT] = {SQL_OUTBOX_INSERT, 3},
+    [INTAKE_STMT_OUTBOX_INSERT_MANY] = {SQL_OUTBOX_INSERT_MANY, 3},
     [INTAKE_STMT_TICKET_GET] = {SQL_TICKET_GET, 1},
     [INTAKE_STMT_TICKET_LOCK] = {SQL_TICKET_LOCK, 1},
     [INTAKE_STMT_TICKET_UPDATE] = {SQL_TICKET_UPDATE, 11},
@@ -233,24 +249,70 @@ int intake_store_add_create_ticket(ac_db_txn_t *t, const intake_create_args_t *a
     return ac_db_txn_add(t, INTAKE_STMT_CREATE_TICKET, values, NULL, NULL);
 }
 
-int intake_store_create_ticket_result(const ac_db_txn_t *t, int i, intake_create_result_t *out)
+/* Writes the PostgreSQL array literal {"v0","v1",NULL,...} of parameter j over the batch. */
+static char *array_literal(intake_create_args_t *const *args, size_t n, size_t j)
 {
-    const PGresult *res = result_rows(t, i);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f)
+        return NULL;
+    fputc('{', f);
+    for (size_t i = 0; i < n; i++) {
+        const char *v = args[i]->v[j];
+        if (i > 0)
+            fputc(',', f);
+        if (!v) {
+            fputs("NULL", f);
+            continue;
+        }
+        fputc('"', f);
+        for (const char *p = v; *p; p++) {
+            if (*p == '"' || *p == '\\')
+                fputc('\\', f);
+            fputc(*p, f);
+        }
+        fputc('"', f);
+    }
+    fputc('}', f);
+    if (ferror(f)) {
+        fclose(f);
+        free(buf);
+        return NULL;
+    }
+    fclose(f);
+    return buf;
+}
+
+int intake_store_add_create_tickets(ac_db_txn_t *t, intake_create_args_t *const *args, size_t n)
+{
+    char *arrays[INTAKE_CREATE_NARGS] = {0};
+    int rc = 0;
+
+    for (size_t j = 0; rc == 0 && j < INTAKE_CREATE_NARGS; j++)
+        if (!(arrays[j] = array_literal(args, n, j)))
+            rc = AC_ERR_NOMEM;
+    if (rc == 0)
+        rc = ac_db_txn_add(t, INTAKE_STMT_CREATE_TICKETS, (const char *const *)arrays, NULL, NULL);
+    for (size_t j = 0; j < INTAKE_CREATE_NARGS; j++)
+        free(arrays[j]);
+    return rc;
+}
+
+/* Reads row `row` of result `i` (columns: [idx,] r_status, r_field, r_message, r_doc). */
+static int create_result_row(const PGresult *res, int row, int col0, intake_create_result_t *out)
+{
     char status[32];
 
     memset(out, 0, sizeof *out);
-    if (!res || PQntuples(res) != 1 || PQnfields(res) != 4) {
-        ac_error("store: intake.create_ticket() returned no row");
-        return AC_ERR_PROTO;
-    }
-    copy_cell(res, 0, 0, status, sizeof status);
-    copy_cell(res, 0, 1, out->field, sizeof out->field);
-    copy_cell(res, 0, 2, out->message, sizeof out->message);
+    copy_cell(res, row, col0, status, sizeof status);
+    copy_cell(res, row, col0 + 1, out->field, sizeof out->field);
+    copy_cell(res, row, col0 + 2, out->message, sizeof out->message);
     if (strcmp(status, "created") == 0 || strcmp(status, "replayed") == 0) {
         out->outcome = status[0] == 'c' ? INTAKE_CREATE_CREATED : INTAKE_CREATE_REPLAYED;
-        out->doc = json_cell(res, 0, 3);
+        out->doc = json_cell(res, row, col0 + 3);
         if (!json_is_object(out->doc)) {
-            ac_error("store: intake.create_ticket() returned %s without a ticket", status);
+            ac_error("store: ticket creation returned %s without a ticket", status);
             json_decref(out->doc);
             out->doc = NULL;
             return AC_ERR_PROTO;
@@ -260,6 +322,30 @@ int intake_store_create_ticket_result(const ac_db_txn_t *t, int i, intake_create
     out->outcome = INTAKE_CREATE_REJECTED;
     snprintf(out->code, sizeof out->code, "%s", status);
     return 0;
+}
+
+int intake_store_create_ticket_result(const ac_db_txn_t *t, int i, intake_create_result_t *out)
+{
+    const PGresult *res = result_rows(t, i);
+    if (!res || PQntuples(res) != 1 || PQnfields(res) != 4) {
+        memset(out, 0, sizeof *out);
+        ac_error("store: intake.create_ticket() returned no row");
+        return AC_ERR_PROTO;
+    }
+    return create_result_row(res, 0, 0, out);
+}
+
+int intake_store_create_tickets_result(const ac_db_txn_t *t, size_t n, size_t i,
+                                       intake_create_result_t *out)
+{
+    const PGresult *res = result_rows(t, 0);
+    if (!res || (size_t)PQntuples(res) != n || PQnfields(res) != 5 ||
+        strtoul(PQgetvalue(res, (int)i, 0), NULL, 10) != i + 1) {
+        memset(out, 0, sizeof *out);
+        ac_error("store: intake.create_tickets() did not return request %zu of %zu", i + 1, n);
+        return AC_ERR_PROTO;
+    }
+    return create_result_row(res, (int)i, 1, out);
 }
 
 int intake_store_add_outbox(ac_db_txn_t *t, const char *event_id, const char *topic,
@@ -512,4 +598,96 @@ nomem:
     json_decref(items);
     json_decref(body);
     return AC_ERR_NOMEM;
+}
+
+/* --- many outbox rows ------------------------------------------------------------------ */
+
+static void put_be32(FILE *f, uint32_t v)
+{
+    unsigned char b[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16),
+                          (unsigned char)(v >> 8), (unsigned char)v};
+    fwrite(b, 1, 4, f);
+}
+
+int intake_outbox_rows_init(intake_outbox_rows_t *r)
+{
+    memset(r, 0, sizeof *r);
+    r->ids = open_memstream(&r->ids_buf, &r->ids_len);
+    r->topics = open_memstream(&r->topics_buf, &r->topics_len);
+    r->bodies = open_memstream(&r->bodies_buf, &r->bodies_len);
+    if (!r->ids || !r->topics || !r->bodies) {
+        intake_outbox_rows_clear(r);
+        return AC_ERR_NOMEM;
+    }
+    return 0;
+}
+
+int intake_outbox_rows_append(intake_outbox_rows_t *r, const char *event_id, const char *topic,
+                              const uint8_t *envelope, size_t len)
+{
+    /* uuids and topics (lowercase letters, dots, underscores) need no quoting */
+    fprintf(r->ids, "%s%s", r->n ? "," : "", event_id);
+    fprintf(r->topics, "%s%s", r->n ? "," : "", topic);
+    put_be32(r->bodies, (uint32_t)len);
+    fwrite(envelope, 1, len, r->bodies);
+    r->n++;
+    return ferror(r->ids) || ferror(r->topics) || ferror(r->bodies) ? AC_ERR_NOMEM : 0;
+}
+
+int intake_store_add_outbox_rows(ac_db_txn_t *t, intake_outbox_rows_t *r)
+{
+    char *ids = NULL, *topics = NULL, *array = NULL;
+    size_t ids_len = 0, topics_len = 0, array_len = 0;
+    FILE *fi = open_memstream(&ids, &ids_len);
+    FILE *ft = open_memstream(&topics, &topics_len);
+    FILE *fa = open_memstream(&array, &array_len);
+    int rc = AC_ERR_NOMEM;
+
+    if (fflush(r->ids) || fflush(r->topics) || fflush(r->bodies) || !fi || !ft || !fa)
+        goto out;
+    fprintf(fi, "{%.*s}", (int)r->ids_len, r->ids_buf);
+    fprintf(ft, "{%.*s}", (int)r->topics_len, r->topics_buf);
+    /* array_recv format: ndim, has-nulls, element type (bytea = 17), dim, lower bound */
+    put_be32(fa, 1);
+    put_be32(fa, 0);
+    put_be32(fa, 17);
+    put_be32(fa, (uint32_t)r->n);
+    put_be32(fa, 1);
+    fwrite(r->bodies_buf, 1, r->bodies_len, fa);
+    if (ferror(fi) || ferror(ft) || ferror(fa) || fclose(fi) | fclose(ft) | fclose(fa)) {
+        fi = ft = fa = NULL;
+        goto out;
+    }
+    fi = ft = fa = NULL;
+    {
+        const char *values[3] = {ids, topics, array};
+        int lengths[3] = {0, 0, (int)array_len};
+        int formats[3] = {0, 0, 1};
+        rc = ac_db_txn_add(t, INTAKE_STMT_OUTBOX_INSERT_MANY, values, lengths, formats);
+    }
+out:
+    if (fi)
+        fclose(fi);
+    if (ft)
+        fclose(ft);
+    if (fa)
+        fclose(fa);
+    free(ids);
+    free(topics);
+    free(array);
+    return rc;
+}
+
+void intake_outbox_rows_clear(intake_outbox_rows_t *r)
+{
+    if (r->ids)
+        fclose(r->ids);
+    if (r->topics)
+        fclose(r->topics);
+    if (r->bodies)
+        fclose(r->bodies);
+    free(r->ids_buf);
+    free(r->topics_buf);
+    free(r->bodies_buf);
+    memset(r, 0, sizeof *r);
 }

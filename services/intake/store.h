@@ -11,6 +11,7 @@
 #define INTAKE_STORE_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #include <jansson.h>
@@ -20,7 +21,9 @@
 
 enum intake_stmt {
     INTAKE_STMT_CREATE_TICKET,
+    INTAKE_STMT_CREATE_TICKETS,
     INTAKE_STMT_OUTBOX_INSERT,
+    INTAKE_STMT_OUTBOX_INSERT_MANY,
     INTAKE_STMT_TICKET_GET,
     INTAKE_STMT_TICKET_LOCK,
     INTAKE_STMT_TICKET_UPDATE,
@@ -67,10 +70,30 @@ typedef struct intake_create_result {
  * the row is not what the function returns (logged). */
 int intake_store_create_ticket_result(const ac_db_txn_t *t, int i,
                                       intake_create_result_t *out) AC_WUR;
+/* A whole batch in one statement (intake.create_tickets(), migration 002): add it as the
+ * round trip's first statement, then read request i (0-based) of n. */
+int intake_store_add_create_tickets(ac_db_txn_t *t, intake_create_args_t *const *args,
+                                    size_t n) AC_WUR;
+int intake_store_create_tickets_result(const ac_db_txn_t *t, size_t n, size_t i,
+                                       intake_create_result_t *out) AC_WUR;
 
 /* INSERT INTO intake.outbox (event_id, topic, envelope): envelope sent binary. */
 int intake_store_add_outbox(ac_db_txn_t *t, const char *event_id, const char *topic,
                             const uint8_t *envelope, size_t len) AC_WUR;
+
+/* Outbox rows collected for one multi-row INSERT (a group-commit batch). */
+typedef struct intake_outbox_rows {
+    FILE *ids, *topics, *bodies; /* open_memstream()s over the buffers below */
+    char *ids_buf, *topics_buf, *bodies_buf;
+    size_t ids_len, topics_len, bodies_len;
+    size_t n;
+} intake_outbox_rows_t;
+int intake_outbox_rows_init(intake_outbox_rows_t *r) AC_WUR;
+int intake_outbox_rows_append(intake_outbox_rows_t *r, const char *event_id, const char *topic,
+                              const uint8_t *envelope, size_t len) AC_WUR;
+/* Adds one INSERT ... SELECT FROM unnest(...) of all rows appended so far. */
+int intake_store_add_outbox_rows(ac_db_txn_t *t, intake_outbox_rows_t *r) AC_WUR;
+void intake_outbox_rows_clear(intake_outbox_rows_t *r);
 
 /* --- tickets ----------------------------------------------------------------------- */
 int intake_store_add_ticket_get(ac_db_txn_t *t, const char *number) AC_WUR;
