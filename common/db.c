@@ -532,7 +532,6 @@ static void conn_send_rollback(db_conn_t *c)
 /* Called by db_pump only: sends the holder's requested round trip. */
 static void conn_send_round_trip(db_conn_t *c, ac_db_txn_t *t)
 {
-    const ac_db_config_t *cfg = c->db->cfg;
     t->state = TXN_RUNNING;
     t->has_run = 1;
     t->rt_err = 0;
@@ -549,7 +548,7 @@ static void conn_send_round_trip(db_conn_t *c, ac_db_txn_t *t)
         if (call->stmt >= 0) {
             char name[16];
             snprintf(name, sizeof name, "s%d", call->stmt);
-            assert((size_t)call->stmt < cfg->nstmts);
+            assert((size_t)call->stmt < c->db->cfg->nstmts);
             is_sent = PQsendQueryPrepared(c->pg, name, call->nparams, call->values, call->lengths,
                                           call->formats, 0);
         } else {
