@@ -252,40 +252,55 @@ static void on_customer_create(ac_http_req_t *req, void *arg)
     intake_customer_in_clear(&in);
 }
 
-static void on_customer_get(ac_http_req_t *req, void *arg)
+/* GET /v1/<kind>s/{id}: a malformed id names nothing, so it is a 404 like a missing one. */
+static void serve_get_by_id(ac_http_req_t *req, intake_t *self, const char *kind,
+                            int (*add)(ac_db_txn_t *t, const char *id))
 {
-    intake_t *self = arg;
     const char *id = ac_http_req_param(req, 0);
     api_call_t *c;
 
     if (is_refused(self, req))
         return;
     if (!id || !ac_uuid_is_valid(id)) {
-        ac_http_reply_error(req, 404, "not_found", NULL, "no customer %.*s", MAX_KEY_LEN,
+        ac_http_reply_error(req, 404, "not_found", NULL, "no %s %.*s", kind, MAX_KEY_LEN,
                             id ? id : "");
         return;
     }
-    if ((c = call_new(self, req, 0, "customer", id)))
-        call_send(c, intake_store_add_customer_get(c->txn, id), 1, step_doc_200);
+    if ((c = call_new(self, req, 0, kind, id)))
+        call_send(c, add(c->txn, id), 1, step_doc_200);
 }
 
-static void on_customer_list(ac_http_req_t *req, void *arg)
+/* GET /v1/<kind>s: filters validated by `validate`, one page by `add`. */
+static void serve_list(ac_http_req_t *req, intake_t *self, const char *kind,
+                       int (*validate)(intake_query_fn query, void *arg, intake_list_filter_t *out,
+                                       intake_verr_t *err),
+                       int (*add)(ac_db_txn_t *t, const intake_list_filter_t *f))
 {
-    intake_t *self = arg;
     intake_list_filter_t f;
     intake_verr_t err;
     api_call_t *c;
 
     if (is_refused(self, req))
         return;
-    if (intake_validate_customer_filter(req_query, req, &f, &err) < 0) {
+    if (validate(req_query, req, &f, &err) < 0) {
         reply_verr(req, &err);
         return;
     }
-    if ((c = call_new(self, req, 0, "customer", NULL))) {
+    if ((c = call_new(self, req, 0, kind, NULL))) {
         c->limit = f.page.limit;
-        call_send(c, intake_store_add_customer_list(c->txn, &f), 1, step_page);
+        call_send(c, add(c->txn, &f), 1, step_page);
     }
+}
+
+static void on_customer_get(ac_http_req_t *req, void *arg)
+{
+    serve_get_by_id(req, arg, "customer", intake_store_add_customer_get);
+}
+
+static void on_customer_list(ac_http_req_t *req, void *arg)
+{
+    serve_list(req, arg, "customer", intake_validate_customer_filter,
+               intake_store_add_customer_list);
 }
 
 /* --- products ------------------------------------------------------------------------ */
@@ -334,38 +349,12 @@ static void on_product_create(ac_http_req_t *req, void *arg)
 
 static void on_product_get(ac_http_req_t *req, void *arg)
 {
-    intake_t *self = arg;
-    const char *id = ac_http_req_param(req, 0);
-    api_call_t *c;
-
-    if (is_refused(self, req))
-        return;
-    if (!id || !ac_uuid_is_valid(id)) {
-        ac_http_reply_error(req, 404, "not_found", NULL, "no product %.*s", MAX_KEY_LEN,
-                            id ? id : "");
-        return;
-    }
-    if ((c = call_new(self, req, 0, "product", id)))
-        call_send(c, intake_store_add_product_get(c->txn, id), 1, step_doc_200);
+    serve_get_by_id(req, arg, "product", intake_store_add_product_get);
 }
 
 static void on_product_list(ac_http_req_t *req, void *arg)
 {
-    intake_t *self = arg;
-    intake_list_filter_t f;
-    intake_verr_t err;
-    api_call_t *c;
-
-    if (is_refused(self, req))
-        return;
-    if (intake_validate_product_filter(req_query, req, &f, &err) < 0) {
-        reply_verr(req, &err);
-        return;
-    }
-    if ((c = call_new(self, req, 0, "product", NULL))) {
-        c->limit = f.page.limit;
-        call_send(c, intake_store_add_product_list(c->txn, &f), 1, step_page);
-    }
+    serve_list(req, arg, "product", intake_validate_product_filter, intake_store_add_product_list);
 }
 
 /* --- warranty policies --------------------------------------------------------------- */
