@@ -440,7 +440,7 @@ static int txn_push_call(ac_db_txn_t *t, int stmt, const char *sql, int nparams,
             return AC_ERR_INVALID;
     if (t->ncalls == t->calls_cap) {
         size_t cap = t->calls_cap ? t->calls_cap * 2 : 4;
-        db_call_t **calls = realloc(t->calls, cap * sizeof *calls);
+        db_call_t **calls = realloc(t->calls, cap * sizeof(db_call_t *));
         if (!calls)
             return AC_ERR_NOMEM;
         t->calls = calls;
@@ -969,8 +969,9 @@ static int conninfo_timeout_s(const char *conninfo, double *timeout_s)
     }
     *timeout_s = DB_CONNECT_TIMEOUT_S;
     for (const PQconninfoOption *o = opts; o->keyword; o++) {
-        if (strcmp(o->keyword, "connect_timeout") == 0 && o->val && atoi(o->val) > 0)
-            *timeout_s = atoi(o->val) < 2 ? 2 : atoi(o->val); /* libpq's own minimum */
+        long v = o->val ? strtol(o->val, NULL, 10) : 0;
+        if (strcmp(o->keyword, "connect_timeout") == 0 && v > 0)
+            *timeout_s = v < 2 ? 2 : (int)(v > 3600 ? 3600 : v); /* libpq's own minimum */
     }
     PQconninfoFree(opts);
     return 0;
@@ -1160,7 +1161,7 @@ static int txn_request(ac_db_txn_t *t, int is_commit, ac_db_cb_fn cb, void *arg)
     }
     txn_clear_results(t);
     if (t->ncalls) {
-        t->results = calloc(t->ncalls, sizeof *t->results);
+        t->results = calloc(t->ncalls, sizeof(PGresult *));
         if (!t->results)
             return AC_ERR_NOMEM;
         t->nresults = (int)t->ncalls;
@@ -1387,7 +1388,7 @@ int ac_db_migrate(const char *conninfo, const char *schema, const char *componen
         goto out;
     if ((rc = migrate_exec(pg, "read schema_migrations", select_max, 1, &component, &r)) < 0)
         goto out;
-    int current = atoi(PQgetvalue(r, 0, 0));
+    int current = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
     int napplied = 0;
     for (const ac_migration_t *m = migrations; m->name; m++) {
         if (m->version <= current)

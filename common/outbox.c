@@ -87,7 +87,7 @@ static const char OUTBOX_V1[] =
 
 int ac_outbox_migrate(const char *conninfo, const char *schema, double wait_s)
 {
-    char v1[sizeof(OUTBOX_V1) + 16 * SCHEMA_MAX];
+    char v1[sizeof(OUTBOX_V1) + (size_t)16 * SCHEMA_MAX];
     if (!schema_is_valid(schema)) {
         ac_error("outbox: invalid schema name \"%s\"", schema);
         return AC_ERR_INVALID;

@@ -149,8 +149,8 @@ int ac_time_parse_rfc3339(const char *s, int64_t *us_out)
     }
     if (*p != '\0')
         return AC_ERR_INVALID;
-    int64_t secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec;
-    secs -= sign * (oh * 3600 + om * 60);
+    int64_t secs = days_from_civil(y, mo, d) * 86400 + (int64_t)h * 3600 + (int64_t)mi * 60 + sec;
+    secs -= (int64_t)sign * (oh * 3600 + om * 60);
     *us_out = secs * 1000000 + frac_us;
     return 0;
 }

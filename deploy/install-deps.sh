@@ -12,7 +12,7 @@ packages=(
     build-essential cmake pkg-config
     libzmq3-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
     libev-dev libpq-dev libmicrohttpd-dev libjansson-dev uuid-dev libssl-dev
-    libcurl4-openssl-dev clang-format
+    libcurl4-openssl-dev clang-format clang-tidy
     # unit tests
     libcmocka-dev
     # embedded PostgreSQL (deploy/pg.sh) and the system tests

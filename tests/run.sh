@@ -9,6 +9,8 @@
 #   format-check  clang-format --dry-run over our sources              1 test
 #   build         cmake --build --preset dev -j2 (keeps going after an error, so whatever
 #                 compiles is still tested)                            failure = 1 failed
+#   clang-tidy    cmake --build --preset dev --target tidy (.clang-tidy, warnings fail)
+#                                                                      1 test
 #   unit          a scratch PostgreSQL (deploy/pg.sh, port 5449, fsync off) with database
 #                 actest cloned from aftercare, exported as AC_TEST_PG_DSN (superuser, Unix
 #                 socket); then ctest --preset dev                     ctest's counts;
@@ -105,6 +107,7 @@ note "configure (cmake --preset dev)"
 if ! run_timed 300 "$WORK/configure.log" cmake --preset dev; then
     record configure 0 1 "cmake --preset dev failed: nothing else can run"
     record format-check 0 1 "not run"
+    record clang-tidy 0 1 "not run"
     record unit 0 1 "not run"
     record system 0 1 "not run"
     exit 1
@@ -133,6 +136,14 @@ else
         aftercare-bus aftercare-intake aftercarectl >/dev/null; then
         daemons_built=0
     fi
+fi
+
+note "clang-tidy"
+if run_timed 400 "$WORK/tidy.log" cmake --build --preset dev --target tidy; then
+    record clang-tidy 1 0
+else
+    grep -E "(warning|error):" "$WORK/tidy.log" | head -20 >&2
+    record clang-tidy 0 1 "run: cmake --build --preset dev --target tidy"
 fi
 
 # ---- unit tests: a scratch PostgreSQL, then ctest ------------------------------------------------

@@ -39,7 +39,7 @@ int main(void)
         return 2;
     }
     level = ac_log_level_parse(cfg.log_level);
-    if (level < 0 || (strcmp(cfg.log_format, "text") && strcmp(cfg.log_format, "json"))) {
+    if (level < 0 || (strcmp(cfg.log_format, "text") != 0 && strcmp(cfg.log_format, "json") != 0)) {
         fprintf(stderr, "aftercare-bus: AC_LOG_LEVEL must be debug|info|warn|error and "
                         "AC_LOG_FORMAT text|json\n");
         ac_config_free(&cfg, bus_config_keys);

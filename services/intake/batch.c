@@ -271,7 +271,7 @@ static void batch_start(intake_t *self, int is_retry)
 
     if (!is_retry && n > (size_t)self->cfg->batch_max)
         n = (size_t)self->cfg->batch_max;
-    create_batch_t *b = calloc(1, sizeof *b + n * sizeof b->items[0]);
+    create_batch_t *b = calloc(1, sizeof *b + n * sizeof(intake_create_t *));
     if (!b) {
         /* Answer the oldest request rather than spin: out of memory is an outage. */
         intake_create_t *c = is_retry ? queue_pop(&self->retry_head, &self->retry_tail)
@@ -303,7 +303,7 @@ static void batch_start(intake_t *self, int is_retry)
     if (rc == 0 && is_retry) {
         rc = intake_store_add_create_ticket(b->txn, &b->items[0]->args);
     } else if (rc == 0) {
-        intake_create_args_t **args = malloc(n * sizeof *args);
+        intake_create_args_t **args = n ? malloc(n * sizeof(intake_create_args_t *)) : NULL;
         for (size_t i = 0; args && i < n; i++)
             args[i] = &b->items[i]->args;
         rc = args ? intake_store_add_create_tickets(b->txn, args, n) : AC_ERR_NOMEM;
@@ -313,7 +313,8 @@ static void batch_start(intake_t *self, int is_retry)
         rc = ac_db_txn_flush(b->txn, on_batch_created, b);
     if (rc < 0) /* nothing was sent: answer at once */
         batch_failed(b, rc == AC_ERR_DB ? AC_ERR_DB : AC_ERR_UNAVAILABLE);
-}
+    /* otherwise b belongs to on_batch_created(), which frees it */
+} // NOLINT(clang-analyzer-unix.Malloc): b is owned by the pending callback
 
 /* Starts the next batch when none is in flight: the retries of a failed batch first, one
  * request each, then up to batch_max queued requests. */

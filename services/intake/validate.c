@@ -34,7 +34,7 @@ const char *const intake_status_names[INTAKE_ST__COUNT] = {
 };
 static const char *const customer_kind_names[] = {NULL, "person", "company"};
 
-#define MAX_FUTURE_US (5 * 60 * INT64_C(1000000)) /* occurred_at may run this far ahead */
+#define MAX_FUTURE_US (INT64_C(5) * 60 * 1000000) /* occurred_at may run this far ahead */
 #define US_PER_DAY    (INT64_C(86400) * 1000000)
 
 int intake_enum_parse(const char *const *names, size_t n, const char *s)
