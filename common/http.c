@@ -487,8 +487,39 @@ static void reply_error(ac_http_req_t *req, int status, const char *code, const 
     ac_http_reply_json(req, status, error_body(code, NULL, message));
 }
 
+/* 1 when s is well-formed UTF-8 (no overlong forms, surrogates or code points past
+ * U+10FFFF): path parameters reach SQL as text, which must be valid UTF-8. */
+static int is_utf8(const unsigned char *s)
+{
+    while (*s) {
+        unsigned c = *s++;
+        int n;
+        unsigned cp, min;
+        if (c < 0x80)
+            continue;
+        if ((c & 0xe0) == 0xc0) {
+            n = 1, cp = c & 0x1f, min = 0x80;
+        } else if ((c & 0xf0) == 0xe0) {
+            n = 2, cp = c & 0x0f, min = 0x800;
+        } else if ((c & 0xf8) == 0xf0) {
+            n = 3, cp = c & 0x07, min = 0x10000;
+        } else {
+            return 0;
+        }
+        for (int i = 0; i < n; i++, s++) {
+            if ((*s & 0xc0) != 0x80)
+                return 0;
+            cp = cp << 6 | (*s & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+    }
+    return 1;
+}
+
 /* Splits and percent-decodes req->path into req->segments; segs[] point into it. The
- * number of segments, -1 when the path is malformed or too deep, AC_ERR_NOMEM on OOM. */
+ * number of segments, -1 when the path is malformed (bad escape, %00, not UTF-8) or too
+ * deep, AC_ERR_NOMEM on OOM. */
 static int split_path(ac_http_req_t *req, const char **segs)
 {
     const char *p = req->path;
@@ -516,6 +547,8 @@ static int split_path(ac_http_req_t *req, const char **segs)
             p += 3;
         }
         *out++ = '\0';
+        if (!is_utf8((const unsigned char *)segs[n - 1]))
+            return -1;
     }
     return n;
 }

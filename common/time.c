@@ -151,6 +151,9 @@ int ac_time_parse_rfc3339(const char *s, int64_t *us_out)
         return AC_ERR_INVALID;
     int64_t secs = days_from_civil(y, mo, d) * 86400 + (int64_t)h * 3600 + (int64_t)mi * 60 + sec;
     secs -= (int64_t)sign * (oh * 3600 + om * 60);
+    /* an offset may carry 0001-01-01 into year 0, which PostgreSQL and the format lack */
+    if (secs < days_from_civil(1, 1, 1) * 86400)
+        return AC_ERR_INVALID;
     *us_out = secs * 1000000 + frac_us;
     return 0;
 }

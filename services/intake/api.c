@@ -70,6 +70,14 @@ void intake_reply_db_error(ac_http_req_t *req, int err, const ac_db_txn_t *txn)
                         "the database is unavailable; nothing was changed, retry");
 }
 
+void intake_reply_commit_unknown(ac_http_req_t *req)
+{
+    ac_http_reply_error(req, 503, "unavailable", NULL,
+                        "the database connection was lost during COMMIT: the change may or may "
+                        "not have been made; check before retrying (a create is safe to retry "
+                        "with the same Idempotency-Key)");
+}
+
 static void reply_verr(ac_http_req_t *req, const intake_verr_t *err)
 {
     ac_http_reply_error(req, err->status, err->code, err->field[0] ? err->field : NULL, "%s",
@@ -112,6 +120,8 @@ struct api_call {
     char key[MAX_KEY_LEN + 1]; /* the id/number asked for */
     char message[256];         /* prepared error text (product conflict) */
     long limit;                /* list calls: page size */
+    int is_write;              /* a transaction: its COMMIT may be in doubt when cut off */
+    int is_committing;         /* the round trip in flight carries the COMMIT */
     /* ticket changes */
     intake_patch_in_t patch;
     intake_transition_in_t transition;
@@ -140,6 +150,7 @@ static api_call_t *call_new(intake_t *self, ac_http_req_t *req, int is_transacti
     }
     c->self = self;
     c->what = what;
+    c->is_write = is_transaction;
     snprintf(c->key, sizeof c->key, "%s", key ? key : "");
     c->txn = ac_db_txn_new(self->db, is_transaction);
     if (!c->txn) {
@@ -160,7 +171,10 @@ static void on_call_done(ac_db_txn_t *txn, int err, void *arg)
         return;
     }
     if (err < 0) {
-        intake_reply_db_error(req, err, txn);
+        if (err == AC_ERR_UNAVAILABLE && c->is_write && c->is_committing)
+            intake_reply_commit_unknown(req);
+        else
+            intake_reply_db_error(req, err, txn);
         call_free(c);
         return;
     }
@@ -174,6 +188,7 @@ static void call_send(api_call_t *c, int add_rc, int is_last, api_step_fn step)
 {
     int rc = add_rc;
     c->step = step;
+    c->is_committing = is_last;
     if (rc == 0)
         rc = is_last ? ac_db_txn_commit(c->txn, on_call_done, c)
                      : ac_db_txn_flush(c->txn, on_call_done, c);

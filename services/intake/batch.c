@@ -37,8 +37,9 @@ struct intake_create {
 
 typedef struct create_batch {
     intake_t *self;
-    ac_db_txn_t *txn; /* owned */
-    int is_retry;     /* a single request of a failed batch */
+    ac_db_txn_t *txn;  /* owned */
+    int is_retry;      /* a single request of a failed batch */
+    int is_committing; /* round trip 2 (with the COMMIT) is in flight */
     size_t n;
     intake_create_t *items[]; /* owned */
 } create_batch_t;
@@ -166,7 +167,9 @@ static void batch_succeeded(create_batch_t *b)
 static void batch_failed(create_batch_t *b, int err)
 {
     intake_t *self = b->self;
-    if (err == AC_ERR_DB && b->n > 1) {
+    /* Any SQL error of the batch statement (including a batch of one: an Idempotency-Key
+     * claimed meanwhile by another transaction) is settled by intake.create_ticket(). */
+    if (err == AC_ERR_DB && !b->is_retry) {
         ac_warn("create batch of %zu failed (SQLSTATE %s: %s); retrying each request alone", b->n,
                 ac_db_txn_sqlstate(b->txn), ac_db_txn_errmsg(b->txn));
         ac_metrics_add(self->metrics, "create_batch_retries_total", NULL, 1);
@@ -179,7 +182,9 @@ static void batch_failed(create_batch_t *b, int err)
     } else {
         for (size_t i = 0; i < b->n; i++) {
             intake_create_t *c = b->items[i];
-            if (c->op.req)
+            if (c->op.req && err == AC_ERR_UNAVAILABLE && b->is_committing)
+                intake_reply_commit_unknown(c->op.req);
+            else if (c->op.req)
                 intake_reply_db_error(c->op.req, err, b->txn);
             create_free(c);
         }
@@ -261,7 +266,9 @@ static void on_batch_created(ac_db_txn_t *txn, int err, void *arg)
         return;
     }
     if ((rc = ac_db_txn_commit(txn, on_batch_committed, b)) < 0)
-        batch_failed(b, rc);
+        batch_failed(b, rc); /* nothing was sent */
+    else
+        b->is_committing = 1;
 }
 
 static void batch_start(intake_t *self, int is_retry)

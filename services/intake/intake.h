@@ -82,6 +82,8 @@ void intake_op_detach(intake_t *self, intake_op_t *op); /* safe when already det
 void intake_ops_abort(intake_t *self);                  /* 503 to all, detaches them */
 /* 503 unavailable, or 500 internal_error for an unexpected SQL error (logged). */
 void intake_reply_db_error(ac_http_req_t *req, int err, const ac_db_txn_t *txn);
+/* 503 for a write whose COMMIT was sent when the connection broke: outcome unknown. */
+void intake_reply_commit_unknown(ac_http_req_t *req);
 
 /* batch.c */
 /* Queues a validated create; the reply comes after its group commit. Takes nothing from

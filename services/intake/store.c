@@ -654,11 +654,16 @@ int intake_store_add_outbox_rows(ac_db_txn_t *t, intake_outbox_rows_t *r)
     put_be32(fa, (uint32_t)r->n);
     put_be32(fa, 1);
     fwrite(r->bodies_buf, 1, r->bodies_len, fa);
-    if (ferror(fi) || ferror(ft) || ferror(fa) || fclose(fi) | fclose(ft) | fclose(fa)) {
+    {
+        /* close all three whatever happens; any error means out of memory */
+        int is_bad = ferror(fi) | ferror(ft) | ferror(fa);
+        is_bad |= fclose(fi) != 0;
+        is_bad |= fclose(ft) != 0;
+        is_bad |= fclose(fa) != 0;
         fi = ft = fa = NULL;
-        goto out;
+        if (is_bad)
+            goto out;
     }
-    fi = ft = fa = NULL;
     {
         const char *values[3] = {ids, topics, array};
         int lengths[3] = {0, 0, (int)array_len};
