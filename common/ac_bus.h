@@ -48,6 +48,7 @@ int ac_zsock_connect(ac_zsock_t *s, const char *endpoint) AC_WUR;
 int ac_zsock_set_hwm(ac_zsock_t *s, int sndhwm, int rcvhwm) AC_WUR;
 int ac_zsock_set_maxmsgsize(ac_zsock_t *s, int64_t bytes) AC_WUR;
 int ac_zsock_set_xpub_nodrop(ac_zsock_t *s, int on) AC_WUR;
+int ac_zsock_set_immediate(ac_zsock_t *s, int on) AC_WUR; /* queue only to live connections */
 int ac_zsock_subscribe(ac_zsock_t *s, const char *prefix) AC_WUR; /* SUB: filter; XSUB: sends it */
 /* on_readable runs whenever at least one message can be received (level-triggered:
  * it is called again while messages remain). */
@@ -68,14 +69,21 @@ typedef struct ac_bus_pub ac_bus_pub_t;
 ac_bus_pub_t *ac_bus_pub_new(struct ev_loop *loop, const char *endpoint);
 void ac_bus_pub_destroy(ac_bus_pub_t **self_p);
 int ac_bus_pub_is_ready(const ac_bus_pub_t *self);
+/* Increases each time the bus (re)subscribes. A change after the first means the
+ * connection was lost meanwhile, and what was queued towards the old one may be gone. */
+uint64_t ac_bus_pub_generation(const ac_bus_pub_t *self);
 int ac_bus_pub_send(ac_bus_pub_t *self, const char *topic, const void *body, size_t len) AC_WUR;
-/* cb runs when the bus (re)subscribes or queue space frees up after AC_ERR_AGAIN. */
+/* cb runs when the bus (re)subscribes, and 20 ms after a send returned AC_ERR_AGAIN on a
+ * full queue (an XPUB with NODROP gives no usable writable signal). */
 void ac_bus_pub_on_ready(ac_bus_pub_t *self, void (*cb)(void *arg), void *arg);
 
 /* --- subscriber: routing inbound events by payload type ------------------------------- */
 typedef struct ac_bus_sub ac_bus_sub_t;
 
-/* Handler result: 0 applied, AC_ERR_PROTO/AC_ERR_INVALID skip (counted), others retry. */
+/* Handler result: 0 applied; anything else is logged and counted (bus_events_failed_total)
+ * and the event is not delivered again by this subscriber. A consumer that must apply
+ * every event re-reads what it missed by sequence from its checkpoint (replay: not built
+ * yet, see DESIGN.md §4). */
 typedef int (*ac_event_handler_fn)(const Aftercare__V1__Envelope *env, const char *topic,
                                    void *arg);
 typedef struct ac_route {

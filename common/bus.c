@@ -191,6 +191,11 @@ int ac_zsock_set_maxmsgsize(ac_zsock_t *s, int64_t bytes)
     return 0;
 }
 
+int ac_zsock_set_immediate(ac_zsock_t *s, int on)
+{
+    return set_int(s, ZMQ_IMMEDIATE, on, "IMMEDIATE");
+}
+
 int ac_zsock_set_xpub_nodrop(ac_zsock_t *s, int on)
 {
     return set_int(s, ZMQ_XPUB_NODROP, on, "XPUB_NODROP");
@@ -266,6 +271,14 @@ int ac_zsock_recv(ac_zsock_t *s, ac_frames_t *out)
             size_t len = zmq_msg_size(&m);
             uint8_t *copy = malloc(len + 1);
             if (!copy) {
+                /* drop the rest of this message too, or its frames would start the next */
+                for (zmq_getsockopt(s->zs, ZMQ_RCVMORE, &more, &mlen); more;
+                     zmq_getsockopt(s->zs, ZMQ_RCVMORE, &more, &mlen)) {
+                    zmq_msg_close(&m);
+                    zmq_msg_init(&m);
+                    if (zmq_msg_recv(&m, s->zs, ZMQ_DONTWAIT) < 0)
+                        break;
+                }
                 zmq_msg_close(&m);
                 ac_frames_clear(out);
                 return AC_ERR_NOMEM;
@@ -299,9 +312,15 @@ int ac_zsock_send(ac_zsock_t *s, const void *const *data, const size_t *len, siz
 
 /* --- publisher ---------------------------------------------------------------------------- */
 
+#define PUB_SNDHWM  10000 /* events queued towards the bus before sends say AGAIN */
+#define PUB_RETRY_S 0.02  /* how soon to try again after AGAIN */
+
 struct ac_bus_pub {
-    ac_zsock_t *sock;  /* owned XPUB connected to the bus input */
-    int subscriptions; /* subscriptions heard from the bus; ready when > 0 */
+    struct ev_loop *loop; /* borrowed */
+    ac_zsock_t *sock;     /* owned XPUB connected to the bus input */
+    int subscriptions;    /* subscriptions heard from the bus; ready when > 0 */
+    uint64_t generation;  /* times the bus has (re)subscribed */
+    ev_timer retry;       /* after AGAIN: XPUB with NODROP always looks writable */
     void (*on_ready)(void *arg);
     void *ready_arg;
 };
@@ -329,6 +348,7 @@ static void on_pub_subscription(ac_zsock_t *s, void *arg)
         ac_frames_clear(&f);
     }
     if (!was_ready && p->subscriptions > 0) {
+        p->generation++;
         ac_info("bus: the bus subscribed; publishing");
         notify_ready(p);
     } else if (was_ready && p->subscriptions == 0) {
@@ -336,9 +356,9 @@ static void on_pub_subscription(ac_zsock_t *s, void *arg)
     }
 }
 
-static void on_pub_writable(ac_zsock_t *s, void *arg)
+static void on_pub_retry(struct ev_loop *loop, ev_timer *w, int revents)
 {
-    notify_ready(arg);
+    notify_ready(ac_container_of(w, ac_bus_pub_t, retry));
 }
 
 ac_bus_pub_t *ac_bus_pub_new(struct ev_loop *loop, const char *endpoint)
@@ -346,9 +366,13 @@ ac_bus_pub_t *ac_bus_pub_new(struct ev_loop *loop, const char *endpoint)
     ac_bus_pub_t *p = calloc(1, sizeof(*p));
     if (!p)
         return NULL;
+    p->loop = loop;
+    ev_timer_init(&p->retry, on_pub_retry, PUB_RETRY_S, 0.);
     p->sock = ac_zsock_new(loop, AC_ZSOCK_XPUB);
-    if (!p->sock || ac_zsock_set_xpub_nodrop(p->sock, 1) ||
-        ac_zsock_set_hwm(p->sock, 50000, 1000) || ac_zsock_connect(p->sock, endpoint)) {
+    /* IMMEDIATE: the pipe to the bus exists only while connected, so a lost connection
+     * unsubscribes (the publisher holds events) and a new one subscribes again */
+    if (!p->sock || ac_zsock_set_xpub_nodrop(p->sock, 1) || ac_zsock_set_immediate(p->sock, 1) ||
+        ac_zsock_set_hwm(p->sock, PUB_SNDHWM, 1000) || ac_zsock_connect(p->sock, endpoint)) {
         ac_bus_pub_destroy(&p);
         return NULL;
     }
@@ -361,6 +385,7 @@ void ac_bus_pub_destroy(ac_bus_pub_t **self_p)
     ac_bus_pub_t *p = self_p ? *self_p : NULL;
     if (!p)
         return;
+    ev_timer_stop(p->loop, &p->retry);
     ac_zsock_destroy(&p->sock);
     free(p);
     *self_p = NULL;
@@ -377,11 +402,16 @@ int ac_bus_pub_send(ac_bus_pub_t *self, const char *topic, const void *body, siz
     size_t lens[2] = {strlen(topic), len};
     int rc;
     if (self->subscriptions <= 0)
-        return AC_ERR_AGAIN;
+        return AC_ERR_AGAIN; /* on_ready follows the next subscription */
     rc = ac_zsock_send(self->sock, data, lens, 2);
-    if (rc == AC_ERR_AGAIN)
-        ac_zsock_on_writable(self->sock, on_pub_writable, self);
+    if (rc == AC_ERR_AGAIN && !ev_is_active(&self->retry))
+        ev_timer_start(self->loop, &self->retry);
     return rc;
+}
+
+uint64_t ac_bus_pub_generation(const ac_bus_pub_t *self)
+{
+    return self->generation;
 }
 
 void ac_bus_pub_on_ready(ac_bus_pub_t *self, void (*cb)(void *arg), void *arg)
@@ -439,6 +469,8 @@ static void sub_handle(ac_bus_sub_t *sub, const ac_frames_t *f)
         ac_metrics_add(cfg->metrics, "bus_events_received_total", NULL, 1);
     if (handler) {
         int rc = handler(env, topic, cfg->arg);
+        if (rc != 0 && cfg->metrics)
+            ac_metrics_add(cfg->metrics, "bus_events_failed_total", NULL, 1);
         if (rc != 0)
             ac_log_at(AC_LOG_WARN, env->subject, env->id, "bus: handler for %s failed: %s", topic,
                       ac_strerror(rc));

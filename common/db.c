@@ -633,7 +633,13 @@ static int conn_lost(db_conn_t *c, const char *why)
 static void conn_start(db_conn_t *c)
 {
     ac_db_t *db = c->db;
-    c->pg = PQconnectStart(db->cfg->conninfo);
+    /* TCP keepalives first, so that the service's conninfo (expanded in place of dbname)
+     * can override them: a server that falls silent is noticed in about 25 s, not after
+     * the kernel's two hours, and the requests waiting on it get 503. */
+    static const char *const keys[] = {"keepalives",       "keepalives_idle", "keepalives_interval",
+                                       "keepalives_count", "dbname",          NULL};
+    const char *values[] = {"1", "10", "5", "3", db->cfg->conninfo, NULL};
+    c->pg = PQconnectStartParams(keys, values, 1);
     if (!c->pg) {
         conn_lost(c, "out of memory");
         return;

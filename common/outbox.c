@@ -43,13 +43,17 @@ struct ac_outbox {
     ac_db_txn_t *txn;         /* the round trip in flight, or NULL */
     pending_event_t *pending; /* numbered, not yet handed to the bus */
     size_t npending, next;
-    int batch;         /* rows per numbering transaction */
-    int is_recovered;  /* numbered-but-unpublished rows resent after start */
-    int is_dirty;      /* woken while busy: look again afterwards */
-    int last_was_full; /* the last batch was full: more rows are waiting */
-    uint64_t recover_cursor;
-    uint64_t published_seq; /* last sequence handed to the bus socket */
-    uint64_t persisted_seq; /* published_seq as last written to outbox_state */
+    int batch;                /* rows per numbering transaction */
+    int is_recovered;         /* numbered-but-unpublished rows resent after start */
+    int is_txn_recover;       /* the round trip in flight is a recovery query */
+    unsigned resend_epoch;    /* bumped by every resend_from() */
+    unsigned txn_epoch;       /* resend_epoch when the round trip in flight was sent */
+    uint64_t seen_generation; /* the bus subscription the relay last published to */
+    int is_dirty;             /* woken while busy: look again afterwards */
+    int last_was_full;        /* the last batch was full: more rows are waiting */
+    int64_t recover_cursor;   /* resend after this sequence; -1: after the stored one */
+    uint64_t published_seq;   /* last sequence handed to the bus socket */
+    uint64_t persisted_seq;   /* published_seq as last written to outbox_state */
 };
 
 static int schema_is_valid(const char *schema)
@@ -114,10 +118,18 @@ static const char SQL_ASSIGN[] =
     "          WHERE (SELECT count(*) FROM todo) > 0 RETURNING last_seq)"
     " SELECT sequence, topic, envelope FROM upd ORDER BY sequence";
 
+/* $1 < 0: from the published_seq recorded in the database (after a start). */
 static const char SQL_RECOVER[] =
     "SELECT sequence, topic, envelope FROM %1$s.outbox"
-    " WHERE sequence > GREATEST($1::bigint, (SELECT published_seq FROM %1$s.outbox_state))"
+    " WHERE sequence > CASE WHEN $1::bigint < 0"
+    "                       THEN (SELECT published_seq FROM %1$s.outbox_state)"
+    "                       ELSE $1::bigint END"
     " ORDER BY sequence LIMIT $2";
+
+/* Events queued towards a bus connection that broke may be lost: after the bus subscribes
+ * again on a new connection, resend this many of the latest (more than the publisher's
+ * queue and socket buffers hold; subscribers drop duplicates by sequence). */
+#define RESEND_WINDOW 20000
 
 static void relay_kick(ac_outbox_t *self);
 
@@ -195,12 +207,28 @@ static void schedule_retry(ac_outbox_t *self)
     ev_timer_start(self->loop, &self->retry);
 }
 
+/* Go back to resending numbered rows after `after` (-1: after the stored published_seq)
+ * before numbering new ones. */
+static void resend_from(ac_outbox_t *self, int64_t after)
+{
+    self->is_recovered = 0;
+    self->recover_cursor = after;
+    self->resend_epoch++; /* a recovery already in flight must not move the cursor */
+}
+
+/* After a failed round trip its COMMIT may or may not have happened: rows it numbered
+ * would never be numbered again, so resend everything after what went out for sure. */
+static void resend_after_failure(ac_outbox_t *self)
+{
+    resend_from(self, self->published_seq > 0 ? (int64_t)self->published_seq : -1);
+}
+
 static void on_relay_result(ac_db_txn_t *txn, int err, void *arg)
 {
     ac_outbox_t *self = arg;
     int nres = ac_db_txn_nresults(txn);
     PGresult *rows = nres > 0 ? ac_db_txn_result(txn, nres - 1) : NULL;
-    int is_recover = !self->is_recovered;
+    int is_recover = self->is_txn_recover && self->txn_epoch == self->resend_epoch;
     int nrows;
 
     self->txn = NULL;
@@ -209,6 +237,7 @@ static void on_relay_result(ac_db_txn_t *txn, int err, void *arg)
             ac_error("outbox: relay query failed: %s %s", ac_db_txn_sqlstate(txn),
                      ac_db_txn_errmsg(txn));
         ac_db_txn_free(&txn);
+        resend_after_failure(self);
         schedule_retry(self);
         return;
     }
@@ -220,14 +249,15 @@ static void on_relay_result(ac_db_txn_t *txn, int err, void *arg)
         ac_error("outbox: out of memory loading %d events", nrows);
         pending_clear(self);
         ac_db_txn_free(&txn);
+        resend_after_failure(self);
         schedule_retry(self);
         return;
     }
     ac_db_txn_free(&txn);
     self->last_was_full = nrows >= self->batch;
-    if (is_recover) {
+    if (is_recover && !self->is_recovered) {
         if (nrows > 0) {
-            self->recover_cursor = self->pending[self->npending - 1].sequence;
+            self->recover_cursor = (int64_t)self->pending[self->npending - 1].sequence;
             ac_info("outbox: resending %d numbered events from sequence %llu", nrows,
                     (unsigned long long)self->pending[0].sequence);
         }
@@ -265,8 +295,10 @@ static void relay_kick(ac_outbox_t *self)
     }
     snprintf(a, sizeof(a), "%llu", (unsigned long long)self->published_seq);
     rc = ac_db_txn_add(self->txn, S_MARK, params, NULL, NULL);
+    self->is_txn_recover = !self->is_recovered;
+    self->txn_epoch = self->resend_epoch;
     if (rc == 0 && !self->is_recovered) {
-        snprintf(a, sizeof(a), "%llu", (unsigned long long)self->recover_cursor);
+        snprintf(a, sizeof(a), "%lld", (long long)self->recover_cursor);
         snprintf(b, sizeof(b), "%d", self->batch);
         rc = ac_db_txn_add(self->txn, S_RECOVER, params, NULL, NULL);
     } else if (rc == 0) {
@@ -283,7 +315,18 @@ static void relay_kick(ac_outbox_t *self)
 
 static void on_bus_ready(void *arg)
 {
-    relay_kick(arg);
+    ac_outbox_t *self = arg;
+    uint64_t g = ac_bus_pub_generation(self->pub);
+    if (g != self->seen_generation) {
+        if (self->seen_generation != 0 && self->published_seq > 0) {
+            uint64_t p = self->published_seq;
+            ac_warn("outbox: the bus connection was renewed; resending from sequence %llu",
+                    (unsigned long long)(p > RESEND_WINDOW ? p - RESEND_WINDOW + 1 : 1));
+            resend_from(self, p > RESEND_WINDOW ? (int64_t)(p - RESEND_WINDOW) : 0);
+        }
+        self->seen_generation = g;
+    }
+    relay_kick(self);
 }
 
 static void on_outbox_notify(void *arg, const char *channel, const char *payload)
@@ -315,6 +358,7 @@ ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg)
         return NULL;
     self->loop = loop;
     self->cfg = cfg;
+    self->recover_cursor = -1;
     self->batch = cfg->batch > 0 ? cfg->batch : 500;
     snprintf(self->sql[S_MARK], SQL_MAX, SQL_MARK, cfg->schema);
     snprintf(self->sql[S_ASSIGN], SQL_MAX, SQL_ASSIGN, cfg->schema);

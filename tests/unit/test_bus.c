@@ -204,11 +204,39 @@ static void test_publisher_waits_for_bus(void **state)
     ac_bus_pub_destroy(&pub);
 }
 
+static int pub_not_ready(fixture_t *f)
+{
+    return !ac_bus_pub_is_ready(current_pub);
+}
+
+static void test_publisher_follows_bus_restarts(void **state)
+{
+    fixture_t *f = *state;
+    ac_bus_pub_t *pub = ac_bus_pub_new(f->loop, f->in_ep);
+    assert_non_null(pub);
+    current_pub = pub;
+    assert_true(run_until(f, pub_ready, 5.));
+    assert_int_equal(ac_bus_pub_generation(pub), 1);
+
+    /* the bus goes away: the publisher must notice and hold events, not queue them into a
+     * dead connection */
+    bus_teardown(&f->bus);
+    assert_true(run_until(f, pub_not_ready, 5.));
+    assert_int_equal(ac_bus_pub_send(pub, "ticket.created", "x", 1), AC_ERR_AGAIN);
+
+    /* it comes back on the same address: ready again, on a new generation */
+    assert_int_equal(bus_setup(&f->bus, f->loop, &f->cfg), 0);
+    assert_true(run_until(f, pub_ready, 10.));
+    assert_int_equal(ac_bus_pub_generation(pub), 2);
+    ac_bus_pub_destroy(&pub);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_forwarding_and_garbage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_publisher_waits_for_bus, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_publisher_follows_bus_restarts, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
