@@ -13,6 +13,10 @@ void ac_log_init(const char *service, ac_log_level_t level, int is_json);
 /* "debug|info|warn|error" -> level; -1 if unknown. */
 int ac_log_level_parse(const char *s);
 int ac_log_enabled(ac_log_level_t level);
+/* ac_log_init() from the AC_LOG_LEVEL / AC_LOG_FORMAT texts every daemon reads. On a bad
+ * value writes a message naming the variable to errbuf and returns AC_ERR_CONFIG. */
+int ac_log_setup(const char *service, const char *level, const char *format, char *errbuf,
+                 size_t errlen) AC_WUR;
 
 void ac_log_write(ac_log_level_t level, const char *ticket, const char *event_id, const char *fmt,
                   ...) AC_PRINTF(4, 5);

@@ -32,6 +32,23 @@ int ac_log_level_parse(const char *s)
     return -1;
 }
 
+int ac_log_setup(const char *service, const char *level, const char *format, char *errbuf,
+                 size_t errlen)
+{
+    int lvl = ac_log_level_parse(level);
+    if (lvl < 0) {
+        snprintf(errbuf, errlen, "AC_LOG_LEVEL=\"%s\" must be debug, info, warn or error",
+                 level ? level : "");
+        return AC_ERR_CONFIG;
+    }
+    if (!format || (strcmp(format, "text") != 0 && strcmp(format, "json") != 0)) {
+        snprintf(errbuf, errlen, "AC_LOG_FORMAT=\"%s\" must be text or json", format ? format : "");
+        return AC_ERR_CONFIG;
+    }
+    ac_log_init(service, (ac_log_level_t)lvl, strcmp(format, "json") == 0);
+    return 0;
+}
+
 int ac_log_enabled(ac_log_level_t level)
 {
     return level >= log_settings.level;

@@ -31,21 +31,18 @@ int main(void)
     char err[256];
     bus_t bus;
     struct ev_loop *loop = EV_DEFAULT;
-    int level, rc = 0;
+    int rc = 0;
 
     if (ac_config_load(&cfg, bus_config_keys, err, sizeof(err)) != 0) {
         fprintf(stderr, "aftercare-bus: %s\n", err);
         ac_config_free(&cfg, bus_config_keys);
         return 2;
     }
-    level = ac_log_level_parse(cfg.log_level);
-    if (level < 0 || (strcmp(cfg.log_format, "text") != 0 && strcmp(cfg.log_format, "json") != 0)) {
-        fprintf(stderr, "aftercare-bus: AC_LOG_LEVEL must be debug|info|warn|error and "
-                        "AC_LOG_FORMAT text|json\n");
+    if (ac_log_setup("bus", cfg.log_level, cfg.log_format, err, sizeof(err)) != 0) {
+        fprintf(stderr, "aftercare-bus: %s\n", err);
         ac_config_free(&cfg, bus_config_keys);
         return 2;
     }
-    ac_log_init("bus", (ac_log_level_t)level, strcmp(cfg.log_format, "json") == 0);
     signal(SIGPIPE, SIG_IGN);
 
     if (bus_setup(&bus, loop, &cfg) != 0) {

@@ -195,28 +195,18 @@ int main(void)
     intake_t intake;
     struct ev_loop *loop = EV_DEFAULT;
     char err[256];
-    int level, rc = 0;
+    int rc = 0;
 
     if (ac_config_load(&cfg, intake_config_keys, err, sizeof err) != 0) {
         fprintf(stderr, "aftercare-intake: %s\n", err);
         ac_config_free(&cfg, intake_config_keys);
         return 2;
     }
-    level = ac_log_level_parse(cfg.log_level);
-    if (level < 0) {
-        fprintf(stderr,
-                "aftercare-intake: AC_LOG_LEVEL=\"%s\" must be debug, info, warn or error\n",
-                cfg.log_level);
+    if (ac_log_setup("intake", cfg.log_level, cfg.log_format, err, sizeof(err)) != 0) {
+        fprintf(stderr, "aftercare-intake: %s\n", err);
         ac_config_free(&cfg, intake_config_keys);
         return 2;
     }
-    if (strcmp(cfg.log_format, "text") != 0 && strcmp(cfg.log_format, "json") != 0) {
-        fprintf(stderr, "aftercare-intake: AC_LOG_FORMAT=\"%s\" must be text or json\n",
-                cfg.log_format);
-        ac_config_free(&cfg, intake_config_keys);
-        return 2;
-    }
-    ac_log_init("intake", (ac_log_level_t)level, strcmp(cfg.log_format, "json") == 0);
     signal(SIGPIPE, SIG_IGN);
 
     if (intake_setup(&intake, loop, &cfg) != 0) {

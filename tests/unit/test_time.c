@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "ac_config.h"
+#include "ac_log.h"
 #include "ac_time.h"
 #include "ac_uuid.h"
 
@@ -125,6 +126,18 @@ static void test_config(void **state)
     assert_int_equal(ac_config_load(&cfg, test_keys, err, sizeof(err)), AC_ERR_CONFIG);
     assert_non_null(strstr(err, "ACT_FLAG"));
     ac_config_free(&cfg, test_keys);
+}
+
+static void test_log_setup(void **state)
+{
+    char err[128];
+    assert_int_equal(ac_log_setup("t", "loud", "text", err, sizeof(err)), AC_ERR_CONFIG);
+    assert_non_null(strstr(err, "AC_LOG_LEVEL"));
+    assert_int_equal(ac_log_setup("t", "info", "yaml", err, sizeof(err)), AC_ERR_CONFIG);
+    assert_non_null(strstr(err, "AC_LOG_FORMAT"));
+    assert_int_equal(ac_log_setup("t", "warn", "json", err, sizeof(err)), 0);
+    assert_false(ac_log_enabled(AC_LOG_INFO));
+    assert_true(ac_log_enabled(AC_LOG_ERROR));
 }
 
 static void test_uuid(void **state)
