@@ -163,6 +163,7 @@ int main(void)
         cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_uuid),
+        cmocka_unit_test(test_log_setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
