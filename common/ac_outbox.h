@@ -12,9 +12,10 @@
  * The relay (one per service) is woken by that NOTIFY (and polls once a second as a
  * safety net). In one transaction it numbers the oldest unnumbered rows last_seq+1,
  * last_seq+2, ... (gap-free from 1, kept across restarts), commits, then publishes them in
- * order to the bus input; published_seq records what went out. After a crash, rows
- * numbered but not yet published are published again first (at-least-once; subscribers
- * drop duplicates by sequence). Nothing is sent until the bus has subscribed, so events
+ * order to the bus input; published_seq records what went out, lagging 2 s behind so that
+ * what a killed process's socket still held counts as unsent. After a crash, rows after
+ * the recorded published_seq are published again first (at-least-once; subscribers drop
+ * duplicates by sequence). Nothing is sent until the bus has subscribed, so events
  * are never dropped by ZeroMQ's publisher for want of a subscriber.
  *
  * Owns: its own one-connection ac_db pool, its bus publisher, its timers. */

@@ -18,6 +18,12 @@
 #define SCHEMA_MAX 48
 #define SQL_MAX    1024
 
+/* published_seq means "handed to the ZeroMQ socket", not "on the wire": a kill -9 can
+ * lose what the socket still held. So the database records only sequences handed over at
+ * least this long ago, and a restart resends the rest. */
+#define MARK_DELAY_S 2.0
+#define MARK_RING    64
+
 enum { S_MARK, S_ASSIGN, S_RECOVER, S_COUNT };
 
 typedef struct pending_event {
@@ -53,7 +59,14 @@ struct ac_outbox {
     int last_was_full;        /* the last batch was full: more rows are waiting */
     int64_t recover_cursor;   /* resend after this sequence; -1: after the stored one */
     uint64_t published_seq;   /* last sequence handed to the bus socket */
-    uint64_t persisted_seq;   /* published_seq as last written to outbox_state */
+    uint64_t persisted_seq;   /* what outbox_state.published_seq holds */
+    uint64_t marking_seq;     /* the value the round trip in flight writes there */
+    struct {
+        uint64_t seq;    /* published_seq after a batch was handed to the socket */
+        ev_tstamp at;    /* when */
+    } handed[MARK_RING]; /* oldest first, from handed_head */
+    unsigned handed_head, handed_n;
+    uint64_t safe_seq; /* handed over at least MARK_DELAY_S ago */
 };
 
 static int schema_is_valid(const char *schema)
@@ -174,6 +187,32 @@ static int pending_load(ac_outbox_t *self, PGresult *res)
     return 0;
 }
 
+static void note_handed(ac_outbox_t *self)
+{
+    unsigned slot;
+    if (self->handed_n == MARK_RING) { /* full: the newest entry absorbs this one */
+        slot = (self->handed_head + self->handed_n - 1) % MARK_RING;
+    } else {
+        slot = (self->handed_head + self->handed_n) % MARK_RING;
+        self->handed_n++;
+    }
+    self->handed[slot].seq = self->published_seq;
+    self->handed[slot].at = ev_now(self->loop);
+}
+
+/* The highest sequence handed to the socket at least MARK_DELAY_S ago. */
+static uint64_t safe_seq_now(ac_outbox_t *self)
+{
+    ev_tstamp now = ev_now(self->loop);
+    while (self->handed_n && self->handed[self->handed_head].at <= now - MARK_DELAY_S) {
+        if (self->handed[self->handed_head].seq > self->safe_seq)
+            self->safe_seq = self->handed[self->handed_head].seq;
+        self->handed_head = (self->handed_head + 1) % MARK_RING;
+        self->handed_n--;
+    }
+    return self->safe_seq;
+}
+
 static void publish_pending(ac_outbox_t *self)
 {
     while (self->next < self->npending) {
@@ -194,9 +233,10 @@ static void publish_pending(ac_outbox_t *self)
     if (self->cfg->metrics && self->npending)
         ac_metrics_set(self->cfg->metrics, "outbox_published_sequence", NULL,
                        (double)self->published_seq);
+    if (self->npending)
+        note_handed(self);
     pending_clear(self);
-    if (self->is_dirty || self->last_was_full || !self->is_recovered ||
-        self->published_seq > self->persisted_seq)
+    if (self->is_dirty || self->last_was_full || !self->is_recovered)
         relay_kick(self);
 }
 
@@ -242,8 +282,8 @@ static void on_relay_result(ac_db_txn_t *txn, int err, void *arg)
         return;
     }
     ac_backoff_reset(&self->backoff);
-    self->persisted_seq =
-        self->published_seq > self->persisted_seq ? self->published_seq : self->persisted_seq;
+    if (self->marking_seq > self->persisted_seq)
+        self->persisted_seq = self->marking_seq;
     nrows = rows && PQresultStatus(rows) == PGRES_TUPLES_OK ? PQntuples(rows) : 0;
     if (nrows > 0 && pending_load(self, rows) != 0) {
         ac_error("outbox: out of memory loading %d events", nrows);
@@ -293,7 +333,8 @@ static void relay_kick(ac_outbox_t *self)
         schedule_retry(self);
         return;
     }
-    snprintf(a, sizeof(a), "%llu", (unsigned long long)self->published_seq);
+    self->marking_seq = safe_seq_now(self);
+    snprintf(a, sizeof(a), "%llu", (unsigned long long)self->marking_seq);
     rc = ac_db_txn_add(self->txn, S_MARK, params, NULL, NULL);
     self->is_txn_recover = !self->is_recovered;
     self->txn_epoch = self->resend_epoch;
