@@ -28,18 +28,49 @@ typedef enum {
     AC_ZSOCK_XSUB,
     AC_ZSOCK_ROUTER,
     AC_ZSOCK_DEALER,
+    AC_ZSOCK_REP,
 } ac_zsock_type_t;
 
 #define AC_FRAMES_MAX 8
+#define AC_KEY_Z85_LEN 40 /* a CURVE key in Z85 text, without the terminating NUL */
 /* A received multipart message. Frames beyond AC_FRAMES_MAX are counted but dropped. */
 typedef struct ac_frames {
     size_t n; /* frames received (may exceed AC_FRAMES_MAX) */
+    /* The sender's identity as the ZAP handler named it (the bus uses the Z85 public
+     * key), "" when the socket has no authentication or the peer was not named. */
+    char user_id[AC_KEY_Z85_LEN + 24];
     size_t len[AC_FRAMES_MAX];
     uint8_t *data[AC_FRAMES_MAX]; /* owned; freed by ac_frames_clear() */
 } ac_frames_t;
 void ac_frames_clear(ac_frames_t *f);
 
 typedef void (*ac_zsock_fn)(ac_zsock_t *s, void *arg);
+
+/* --- CURVE keys ---------------------------------------------------------------------------
+ * Every bus socket is encrypted and authenticated with CURVE. A key file is text:
+ *   # comment lines
+ *   public-key = <40 characters of Z85>
+ *   secret-key = <40 characters of Z85>
+ * It must not be readable by group or others (like an ssh key). A client also needs the
+ * bus's public key (AC_BUS_SERVER_KEY). */
+typedef struct ac_curve {
+    char public_key[AC_KEY_Z85_LEN + 1];
+    char secret_key[AC_KEY_Z85_LEN + 1];
+    char server_key[AC_KEY_Z85_LEN + 1]; /* clients: the bus's public key; "" for servers */
+} ac_curve_t;
+
+/* A fresh key pair (Z85). AC_ERR_IO when libzmq has no CURVE support. */
+int ac_curve_keypair(char public_key[AC_KEY_Z85_LEN + 1], char secret_key[AC_KEY_Z85_LEN + 1]) AC_WUR;
+/* 1 when text is 40 characters of Z85 that decode to a 32-byte key. */
+int ac_curve_key_is_valid(const char *text);
+/* Reads key_file into out (checks the permissions, the syntax and that the public key
+ * belongs to the secret key) and copies server_key (may be NULL) after validating it.
+ * On failure returns AC_ERR_CONFIG/AC_ERR_IO and writes a message naming the file. */
+int ac_curve_load(const char *key_file, const char *server_key, ac_curve_t *out, char *err,
+                  size_t errlen) AC_WUR;
+/* Writes a key file (mode 0600, refuses to overwrite). comment may be NULL. */
+int ac_curve_write(const char *key_file, const ac_curve_t *keys, const char *comment, char *err,
+                   size_t errlen) AC_WUR;
 
 ac_zsock_t *ac_zsock_new(struct ev_loop *loop, ac_zsock_type_t type); /* NULL on failure */
 void ac_zsock_destroy(ac_zsock_t **self_p);
@@ -50,6 +81,16 @@ int ac_zsock_set_maxmsgsize(ac_zsock_t *s, int64_t bytes) AC_WUR;
 int ac_zsock_set_xpub_nodrop(ac_zsock_t *s, int on) AC_WUR;
 int ac_zsock_set_immediate(ac_zsock_t *s, int on) AC_WUR; /* queue only to live connections */
 int ac_zsock_subscribe(ac_zsock_t *s, const char *prefix) AC_WUR; /* SUB: filter; XSUB: sends it */
+/* XPUB_MANUAL: subscription messages are passed up and only take effect through
+ * ac_zsock_subscribe() on the XPUB, which applies to the peer that sent the last one. */
+int ac_zsock_set_xpub_manual(ac_zsock_t *s, int on) AC_WUR;
+/* ROUTER_MANDATORY: a send to a peer whose queue is full returns AC_ERR_AGAIN and a send
+ * to an unknown (gone) peer returns AC_ERR_UNAVAILABLE instead of dropping silently. */
+int ac_zsock_set_router_mandatory(ac_zsock_t *s, int on) AC_WUR;
+/* Before connect: encrypt and authenticate to the server whose key is keys->server_key. */
+int ac_zsock_set_curve_client(ac_zsock_t *s, const ac_curve_t *keys) AC_WUR;
+/* Before bind: be a CURVE server; the ZAP handler sees zap_domain in each request. */
+int ac_zsock_set_curve_server(ac_zsock_t *s, const ac_curve_t *keys, const char *zap_domain) AC_WUR;
 /* on_readable runs whenever at least one message can be received (level-triggered:
  * it is called again while messages remain). */
 void ac_zsock_on_readable(ac_zsock_t *s, ac_zsock_fn cb, void *arg);
@@ -63,10 +104,11 @@ int ac_zsock_send(ac_zsock_t *s, const void *const *data, const size_t *len, siz
 /* --- publisher: a service's connection to the bus input ------------------------------- */
 typedef struct ac_bus_pub ac_bus_pub_t;
 
-/* An XPUB that connects to the bus input and only reports ready once the bus has
+/* An XPUB that connects to the bus input (with CURVE when curve is not NULL; curve is
+ * copied) and only reports ready once the bus has
  * subscribed, so nothing is dropped for want of a subscriber; sends never drop (they
  * return AC_ERR_AGAIN when the queue is full or the bus is away). */
-ac_bus_pub_t *ac_bus_pub_new(struct ev_loop *loop, const char *endpoint);
+ac_bus_pub_t *ac_bus_pub_new(struct ev_loop *loop, const char *endpoint, const ac_curve_t *curve);
 void ac_bus_pub_destroy(ac_bus_pub_t **self_p);
 int ac_bus_pub_is_ready(const ac_bus_pub_t *self);
 /* Increases each time the bus (re)subscribes. A change after the first means the
@@ -93,6 +135,7 @@ typedef struct ac_route {
 
 typedef struct ac_bus_sub_config {
     const char *endpoint;      /* bus output, "tcp://127.0.0.1:5571" */
+    const ac_curve_t *curve;   /* client keys (borrowed); NULL = no CURVE (tests only) */
     const char *const *topics; /* NULL-terminated prefixes; NULL = everything */
     const ac_route_t *routes;  /* may be NULL when on_event is set */
     /* Called for every decoded envelope whose payload has no route (e.g. a tail tool). */

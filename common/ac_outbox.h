@@ -28,6 +28,7 @@
 
 struct ev_loop;
 struct ac_metrics;
+struct ac_curve;
 
 typedef struct ac_outbox ac_outbox_t;
 
@@ -36,6 +37,7 @@ typedef struct ac_outbox_config {
     const char *schema;         /* "intake" */
     const char *source;         /* "aftercare/intake" */
     const char *bus_endpoint;   /* bus input, "tcp://127.0.0.1:5570" */
+    const struct ac_curve *curve; /* client keys for the bus input (borrowed); NULL = none */
     int batch;                  /* rows per numbering transaction; default 500 when 0 */
     struct ac_metrics *metrics; /* borrowed, may be NULL */
 } ac_outbox_config_t;

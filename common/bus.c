@@ -9,8 +9,12 @@
 
 #include <errno.h>
 #include <ev.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "ac_event.h"
@@ -99,6 +103,7 @@ static void on_zsock_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 static const int zmq_types[] = {
     [AC_ZSOCK_PUB] = ZMQ_PUB,   [AC_ZSOCK_SUB] = ZMQ_SUB,       [AC_ZSOCK_XPUB] = ZMQ_XPUB,
     [AC_ZSOCK_XSUB] = ZMQ_XSUB, [AC_ZSOCK_ROUTER] = ZMQ_ROUTER, [AC_ZSOCK_DEALER] = ZMQ_DEALER,
+    [AC_ZSOCK_REP] = ZMQ_REP,
 };
 
 ac_zsock_t *ac_zsock_new(struct ev_loop *loop, ac_zsock_type_t type)
@@ -201,6 +206,55 @@ int ac_zsock_set_xpub_nodrop(ac_zsock_t *s, int on)
     return set_int(s, ZMQ_XPUB_NODROP, on, "XPUB_NODROP");
 }
 
+int ac_zsock_set_xpub_manual(ac_zsock_t *s, int on)
+{
+    return set_int(s, ZMQ_XPUB_MANUAL, on, "XPUB_MANUAL");
+}
+
+int ac_zsock_set_router_mandatory(ac_zsock_t *s, int on)
+{
+    return set_int(s, ZMQ_ROUTER_MANDATORY, on, "ROUTER_MANDATORY");
+}
+
+static int set_str(ac_zsock_t *s, int option, const char *value, const char *name)
+{
+    if (zmq_setsockopt(s->zs, option, value, strlen(value)) != 0) {
+        ac_error("bus: setsockopt %s: %s", name, zmq_strerror(errno));
+        return AC_ERR_INVALID;
+    }
+    return 0;
+}
+
+int ac_zsock_set_curve_client(ac_zsock_t *s, const ac_curve_t *keys)
+{
+    if (!ac_curve_key_is_valid(keys->server_key) || !ac_curve_key_is_valid(keys->public_key) ||
+        !ac_curve_key_is_valid(keys->secret_key)) {
+        ac_error("bus: CURVE client keys are not 40 characters of Z85 each");
+        return AC_ERR_CONFIG;
+    }
+    if (set_str(s, ZMQ_CURVE_SERVERKEY, keys->server_key, "CURVE_SERVERKEY") ||
+        set_str(s, ZMQ_CURVE_PUBLICKEY, keys->public_key, "CURVE_PUBLICKEY") ||
+        set_str(s, ZMQ_CURVE_SECRETKEY, keys->secret_key, "CURVE_SECRETKEY"))
+        return AC_ERR_CONFIG;
+    return 0;
+}
+
+int ac_zsock_set_curve_server(ac_zsock_t *s, const ac_curve_t *keys, const char *zap_domain)
+{
+    if (!ac_curve_key_is_valid(keys->secret_key)) {
+        ac_error("bus: the CURVE server secret key is not 40 characters of Z85");
+        return AC_ERR_CONFIG;
+    }
+    if (set_int(s, ZMQ_CURVE_SERVER, 1, "CURVE_SERVER") ||
+        set_str(s, ZMQ_CURVE_SECRETKEY, keys->secret_key, "CURVE_SECRETKEY") ||
+        set_str(s, ZMQ_ZAP_DOMAIN, zap_domain, "ZAP_DOMAIN"))
+        return AC_ERR_CONFIG;
+    /* Without a ZAP handler in the context, libzmq 4.3 lets every CURVE key in (the
+     * option that would refuse instead, ZAP_ENFORCE_DOMAIN, is a draft API): the caller
+     * must have its ZAP handler bound before it binds this socket. */
+    return 0;
+}
+
 int ac_zsock_subscribe(ac_zsock_t *s, const char *prefix)
 {
     size_t n = strlen(prefix);
@@ -217,6 +271,7 @@ int ac_zsock_subscribe(ac_zsock_t *s, const char *prefix)
         }
         return 0;
     }
+    /* SUB: a filter; XPUB with XPUB_MANUAL: a subscription for the last peer heard */
     if (zmq_setsockopt(s->zs, ZMQ_SUBSCRIBE, prefix, n) != 0) {
         ac_error("bus: subscribe: %s", zmq_strerror(errno));
         return AC_ERR_IO;
@@ -267,6 +322,11 @@ int ac_zsock_recv(ac_zsock_t *s, ac_frames_t *out)
             ac_warn("bus: recv: %s", zmq_strerror(err));
             return AC_ERR_IO;
         }
+        if (out->n == 0) {
+            const char *uid = zmq_msg_gets(&m, "User-Id");
+            if (uid)
+                snprintf(out->user_id, sizeof(out->user_id), "%s", uid);
+        }
         if (out->n < AC_FRAMES_MAX) {
             size_t len = zmq_msg_size(&m);
             uint8_t *copy = malloc(len + 1);
@@ -303,11 +363,152 @@ int ac_zsock_send(ac_zsock_t *s, const void *const *data, const size_t *len, siz
             /* ZeroMQ only refuses the first frame of a message; later ones are queued */
             if (errno == EAGAIN)
                 return AC_ERR_AGAIN;
+            if (errno == EHOSTUNREACH) /* ROUTER_MANDATORY: that peer is gone */
+                return AC_ERR_UNAVAILABLE;
             ac_warn("bus: send: %s", zmq_strerror(errno));
             return AC_ERR_IO;
         }
     }
     return 0;
+}
+
+/* --- CURVE keys ---------------------------------------------------------------------------- */
+
+int ac_curve_keypair(char public_key[AC_KEY_Z85_LEN + 1], char secret_key[AC_KEY_Z85_LEN + 1])
+{
+    if (zmq_curve_keypair(public_key, secret_key) != 0) {
+        ac_error("bus: zmq_curve_keypair: %s", zmq_strerror(errno));
+        return AC_ERR_IO;
+    }
+    return 0;
+}
+
+int ac_curve_key_is_valid(const char *text)
+{
+    uint8_t raw[32];
+    return text && strlen(text) == AC_KEY_Z85_LEN && zmq_z85_decode(raw, text) != NULL;
+}
+
+/* "name = value" with optional spaces; 1 when line is that key's assignment. */
+static int key_line(const char *line, const char *name, char out[AC_KEY_Z85_LEN + 1])
+{
+    size_t n = strlen(name);
+    const char *v;
+    size_t len;
+    while (*line == ' ' || *line == '\t')
+        line++;
+    if (strncmp(line, name, n) != 0)
+        return 0;
+    v = line + n;
+    while (*v == ' ' || *v == '\t')
+        v++;
+    if (*v++ != '=')
+        return 0;
+    while (*v == ' ' || *v == '\t')
+        v++;
+    len = strcspn(v, " \t\r\n");
+    if (len != AC_KEY_Z85_LEN)
+        return -1;
+    memcpy(out, v, len);
+    out[len] = '\0';
+    return 1;
+}
+
+int ac_curve_load(const char *key_file, const char *server_key, ac_curve_t *out, char *err,
+                  size_t errlen)
+{
+    struct stat st;
+    char line[256], derived[AC_KEY_Z85_LEN + 1];
+    FILE *f;
+    int have_pub = 0, have_sec = 0, bad = 0, lineno = 0;
+
+    memset(out, 0, sizeof(*out));
+    if (!key_file || !*key_file) {
+        snprintf(err, errlen, "no CURVE key file given");
+        return AC_ERR_CONFIG;
+    }
+    f = fopen(key_file, "r");
+    if (!f) {
+        snprintf(err, errlen, "CURVE key file %s: %s", key_file, strerror(errno));
+        return AC_ERR_IO;
+    }
+    if (fstat(fileno(f), &st) == 0 && (st.st_mode & 0077) != 0) {
+        fclose(f);
+        snprintf(err, errlen,
+                 "CURVE key file %s is readable by others (mode %03o): chmod 600 it",
+                 key_file, (unsigned)(st.st_mode & 0777));
+        return AC_ERR_CONFIG;
+    }
+    while (fgets(line, sizeof(line), f)) {
+        int r;
+        lineno++;
+        if (line[0] == '#' || strspn(line, " \t\r\n") == strlen(line))
+            continue;
+        if ((r = key_line(line, "public-key", out->public_key)) != 0)
+            have_pub = r > 0, bad |= r < 0;
+        else if ((r = key_line(line, "secret-key", out->secret_key)) != 0)
+            have_sec = r > 0, bad |= r < 0;
+        else
+            bad = 1;
+        if (bad) {
+            fclose(f);
+            snprintf(err, errlen, "CURVE key file %s, line %d: expected "
+                     "'public-key = <40 Z85 characters>' or 'secret-key = ...'", key_file, lineno);
+            return AC_ERR_CONFIG;
+        }
+    }
+    fclose(f);
+    if (!have_sec || !ac_curve_key_is_valid(out->secret_key)) {
+        snprintf(err, errlen, "CURVE key file %s has no valid secret-key", key_file);
+        return AC_ERR_CONFIG;
+    }
+    if (zmq_curve_public(derived, out->secret_key) != 0) {
+        snprintf(err, errlen, "CURVE key file %s: %s", key_file, zmq_strerror(errno));
+        return AC_ERR_CONFIG;
+    }
+    if (have_pub && strcmp(derived, out->public_key) != 0) {
+        snprintf(err, errlen, "CURVE key file %s: public-key does not belong to secret-key",
+                 key_file);
+        return AC_ERR_CONFIG;
+    }
+    memcpy(out->public_key, derived, sizeof(derived));
+    if (server_key) {
+        if (!ac_curve_key_is_valid(server_key)) {
+            snprintf(err, errlen, "the bus's public key (AC_BUS_SERVER_KEY) is not 40 "
+                     "characters of Z85");
+            return AC_ERR_CONFIG;
+        }
+        snprintf(out->server_key, sizeof(out->server_key), "%s", server_key);
+    }
+    return 0;
+}
+
+int ac_curve_write(const char *key_file, const ac_curve_t *keys, const char *comment, char *err,
+                   size_t errlen)
+{
+    int fd = open(key_file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    FILE *f;
+    int rc = 0;
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot create %s: %s", key_file, strerror(errno));
+        return AC_ERR_IO;
+    }
+    f = fdopen(fd, "w");
+    if (!f) {
+        close(fd);
+        snprintf(err, errlen, "cannot write %s: %s", key_file, strerror(errno));
+        return AC_ERR_IO;
+    }
+    fprintf(f, "# aftercare CURVE key%s%s. Keep this file secret.\n", comment ? ": " : "",
+            comment ? comment : "");
+    fprintf(f, "public-key = %s\nsecret-key = %s\n", keys->public_key, keys->secret_key);
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0)
+        rc = AC_ERR_IO;
+    if (fclose(f) != 0)
+        rc = AC_ERR_IO;
+    if (rc)
+        snprintf(err, errlen, "cannot write %s: %s", key_file, strerror(errno));
+    return rc;
 }
 
 /* --- publisher ---------------------------------------------------------------------------- */
@@ -361,7 +562,7 @@ static void on_pub_retry(struct ev_loop *loop, ev_timer *w, int revents)
     notify_ready(ac_container_of(w, ac_bus_pub_t, retry));
 }
 
-ac_bus_pub_t *ac_bus_pub_new(struct ev_loop *loop, const char *endpoint)
+ac_bus_pub_t *ac_bus_pub_new(struct ev_loop *loop, const char *endpoint, const ac_curve_t *curve)
 {
     ac_bus_pub_t *p = calloc(1, sizeof(*p));
     if (!p)
@@ -372,7 +573,9 @@ ac_bus_pub_t *ac_bus_pub_new(struct ev_loop *loop, const char *endpoint)
     /* IMMEDIATE: the pipe to the bus exists only while connected, so a lost connection
      * unsubscribes (the publisher holds events) and a new one subscribes again */
     if (!p->sock || ac_zsock_set_xpub_nodrop(p->sock, 1) || ac_zsock_set_immediate(p->sock, 1) ||
-        ac_zsock_set_hwm(p->sock, PUB_SNDHWM, 1000) || ac_zsock_connect(p->sock, endpoint)) {
+        ac_zsock_set_hwm(p->sock, PUB_SNDHWM, 1000) ||
+        (curve && ac_zsock_set_curve_client(p->sock, curve)) ||
+        ac_zsock_connect(p->sock, endpoint)) {
         ac_bus_pub_destroy(&p);
         return NULL;
     }
@@ -501,7 +704,8 @@ ac_bus_sub_t *ac_bus_sub_new(struct ev_loop *loop, const ac_bus_sub_config_t *cf
     sub->cfg = cfg;
     sub->sock = ac_zsock_new(loop, AC_ZSOCK_SUB);
     if (!sub->sock || ac_zsock_set_hwm(sub->sock, 1000, 100000) ||
-        ac_zsock_set_maxmsgsize(sub->sock, 1 << 20))
+        ac_zsock_set_maxmsgsize(sub->sock, 1 << 20) ||
+        (cfg->curve && ac_zsock_set_curve_client(sub->sock, cfg->curve)))
         goto fail;
     if (!cfg->topics) {
         if (ac_zsock_subscribe(sub->sock, ""))

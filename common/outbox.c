@@ -429,7 +429,7 @@ ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg)
         ac_metrics_declare(cfg->metrics, "outbox_batch_size", AC_METRIC_HISTOGRAM,
                            "Events numbered per relay transaction");
     }
-    self->pub = ac_bus_pub_new(loop, cfg->bus_endpoint);
+    self->pub = ac_bus_pub_new(loop, cfg->bus_endpoint, cfg->curve);
     self->db = self->pub ? ac_db_new(loop, &self->dbcfg) : NULL;
     if (!self->db) {
         ac_outbox_destroy(&self);

@@ -125,7 +125,7 @@ static void test_forwarding_and_garbage(void **state)
     ac_bus_sub_config_t scfg = {
         .endpoint = f->out_ep, .on_event = on_event, .on_garbage = on_garbage, .arg = f};
     ac_bus_sub_t *sub = ac_bus_sub_new(f->loop, &scfg);
-    ac_bus_pub_t *pub = ac_bus_pub_new(f->loop, f->in_ep);
+    ac_bus_pub_t *pub = ac_bus_pub_new(f->loop, f->in_ep, NULL);
     ac_zsock_t *rogue = ac_zsock_new(f->loop, AC_ZSOCK_PUB);
     assert_non_null(sub);
     assert_non_null(pub);
@@ -196,7 +196,7 @@ static void test_publisher_waits_for_bus(void **state)
     /* a publisher pointed at a port where no bus listens never becomes ready and never
      * accepts a message it would have to drop */
     snprintf(ep, sizeof(ep), "tcp://127.0.0.1:%d", 20000 + (getpid() % 20000) + 2);
-    ac_bus_pub_t *pub = ac_bus_pub_new(f->loop, ep);
+    ac_bus_pub_t *pub = ac_bus_pub_new(f->loop, ep, NULL);
     assert_non_null(pub);
     current_pub = pub;
     assert_false(run_until(f, pub_ready, 0.5));
@@ -212,7 +212,7 @@ static int pub_not_ready(fixture_t *f)
 static void test_publisher_follows_bus_restarts(void **state)
 {
     fixture_t *f = *state;
-    ac_bus_pub_t *pub = ac_bus_pub_new(f->loop, f->in_ep);
+    ac_bus_pub_t *pub = ac_bus_pub_new(f->loop, f->in_ep, NULL);
     assert_non_null(pub);
     current_pub = pub;
     assert_true(run_until(f, pub_ready, 5.));
