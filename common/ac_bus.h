@@ -31,7 +31,7 @@ typedef enum {
     AC_ZSOCK_REP,
 } ac_zsock_type_t;
 
-#define AC_FRAMES_MAX 8
+#define AC_FRAMES_MAX  8
 #define AC_KEY_Z85_LEN 40 /* a CURVE key in Z85 text, without the terminating NUL */
 /* A received multipart message. Frames beyond AC_FRAMES_MAX are counted but dropped. */
 typedef struct ac_frames {
@@ -60,9 +60,13 @@ typedef struct ac_curve {
 } ac_curve_t;
 
 /* A fresh key pair (Z85). AC_ERR_IO when libzmq has no CURVE support. */
-int ac_curve_keypair(char public_key[AC_KEY_Z85_LEN + 1], char secret_key[AC_KEY_Z85_LEN + 1]) AC_WUR;
+int ac_curve_keypair(char public_key[AC_KEY_Z85_LEN + 1],
+                     char secret_key[AC_KEY_Z85_LEN + 1]) AC_WUR;
 /* 1 when text is 40 characters of Z85 that decode to a 32-byte key. */
 int ac_curve_key_is_valid(const char *text);
+/* The Z85 text of a raw 32-byte key (as a ZAP request carries it). AC_ERR_INVALID when len
+ * is not 32. */
+int ac_curve_key_to_z85(const uint8_t *raw, size_t len, char out[AC_KEY_Z85_LEN + 1]) AC_WUR;
 /* Reads key_file into out (checks the permissions, the syntax and that the public key
  * belongs to the secret key) and copies server_key (may be NULL) after validating it.
  * On failure returns AC_ERR_CONFIG/AC_ERR_IO and writes a message naming the file. */
@@ -81,6 +85,8 @@ int ac_zsock_set_maxmsgsize(ac_zsock_t *s, int64_t bytes) AC_WUR;
 int ac_zsock_set_xpub_nodrop(ac_zsock_t *s, int on) AC_WUR;
 int ac_zsock_set_immediate(ac_zsock_t *s, int on) AC_WUR; /* queue only to live connections */
 int ac_zsock_subscribe(ac_zsock_t *s, const char *prefix) AC_WUR; /* SUB: filter; XSUB: sends it */
+/* SUB: drops a filter; XPUB with XPUB_MANUAL: drops it for the last peer heard. */
+int ac_zsock_unsubscribe(ac_zsock_t *s, const char *prefix) AC_WUR;
 /* XPUB_MANUAL: subscription messages are passed up and only take effect through
  * ac_zsock_subscribe() on the XPUB, which applies to the peer that sent the last one. */
 int ac_zsock_set_xpub_manual(ac_zsock_t *s, int on) AC_WUR;

@@ -92,6 +92,10 @@ ac_db_txn_t *ac_db_txn_new(ac_db_t *db, int is_transaction); /* NULL on OOM */
  * lengths/formats may be NULL (all text). Values are copied. */
 int ac_db_txn_add(ac_db_txn_t *t, int stmt, const char *const *values, const int *lengths,
                   const int *formats) AC_WUR;
+/* The statements added from now on return their results in binary format (bytea as raw
+ * bytes, bigint as 8 bytes big-endian, text as is) when on, in text (the default) when
+ * off: for bulk reads of bytea. */
+void ac_db_txn_set_binary_results(ac_db_txn_t *t, int on);
 /* Queue an unprepared statement (for rare or dynamic SQL). sql is copied. */
 int ac_db_txn_add_sql(ac_db_txn_t *t, const char *sql, int nparams, const char *const *values,
                       const int *lengths, const int *formats) AC_WUR;

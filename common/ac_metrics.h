@@ -20,6 +20,9 @@ int ac_metrics_declare(ac_metrics_t *m, const char *name, ac_metric_type_t type,
  * ac_metrics_add() also adds to a gauge (for up/down counts such as requests in flight). */
 void ac_metrics_add(ac_metrics_t *m, const char *name, const char *labels, double v); /* counter */
 void ac_metrics_set(ac_metrics_t *m, const char *name, const char *labels, double v); /* gauge */
+/* A counter to an absolute value: for counts a module keeps itself and copies in an
+ * on_render hook. The value must never decrease (Prometheus reads a drop as a restart). */
+void ac_metrics_set_counter(ac_metrics_t *m, const char *name, const char *labels, double v);
 void ac_metrics_observe(ac_metrics_t *m, const char *name, const char *labels,
                         double v); /* histogram */
 

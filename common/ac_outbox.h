@@ -18,6 +18,12 @@
  * duplicates by sequence). Nothing is sent until the bus has subscribed, so events
  * are never dropped by ZeroMQ's publisher for want of a subscriber.
  *
+ * Retention: rows stay in the outbox, where the bus's replay reads them, for
+ * cfg->retention_s; a prune job deletes, oldest first and in bounded chunks, rows whose
+ * sequence is at most the recorded published_seq and that are older than that. It never
+ * leaves a hole: it stops at the first row (in sequence order) that must stay.
+ * The outbox migration GRANTs SELECT on both tables to role ac_bus when it exists.
+ *
  * Owns: its own one-connection ac_db pool, its bus publisher, its timers. */
 #ifndef AC_OUTBOX_H
 #define AC_OUTBOX_H
@@ -33,13 +39,14 @@ struct ac_curve;
 typedef struct ac_outbox ac_outbox_t;
 
 typedef struct ac_outbox_config {
-    const char *conninfo;       /* the service's own login */
-    const char *schema;         /* "intake" */
-    const char *source;         /* "aftercare/intake" */
-    const char *bus_endpoint;   /* bus input, "tcp://127.0.0.1:5570" */
+    const char *conninfo;         /* the service's own login */
+    const char *schema;           /* "intake" */
+    const char *source;           /* "aftercare/intake" */
+    const char *bus_endpoint;     /* bus input, "tcp://127.0.0.1:5570" */
     const struct ac_curve *curve; /* client keys for the bus input (borrowed); NULL = none */
-    int batch;                  /* rows per numbering transaction; default 500 when 0 */
-    struct ac_metrics *metrics; /* borrowed, may be NULL */
+    int batch;                    /* rows per numbering transaction; default 500 when 0 */
+    double retention_s;           /* keep published rows this long; 0 = for ever */
+    struct ac_metrics *metrics;   /* borrowed, may be NULL */
 } ac_outbox_config_t;
 
 /* Blocking, start-up only: creates/updates the outbox tables of schema. */

@@ -279,6 +279,17 @@ int ac_zsock_subscribe(ac_zsock_t *s, const char *prefix)
     return 0;
 }
 
+int ac_zsock_unsubscribe(ac_zsock_t *s, const char *prefix)
+{
+    if (s->type == AC_ZSOCK_XSUB)
+        return AC_ERR_INVALID; /* the bus never unsubscribes upstream */
+    if (zmq_setsockopt(s->zs, ZMQ_UNSUBSCRIBE, prefix, strlen(prefix)) != 0) {
+        ac_error("bus: unsubscribe: %s", zmq_strerror(errno));
+        return AC_ERR_IO;
+    }
+    return 0;
+}
+
 void ac_zsock_on_readable(ac_zsock_t *s, ac_zsock_fn cb, void *arg)
 {
     s->on_read = cb;
@@ -306,6 +317,7 @@ void ac_frames_clear(ac_frames_t *f)
 int ac_zsock_recv(ac_zsock_t *s, ac_frames_t *out)
 {
     int more = 1;
+    char uid_buf[sizeof(out->user_id)] = "";
     memset(out, 0, sizeof(*out));
     while (more) {
         zmq_msg_t m;
@@ -322,10 +334,12 @@ int ac_zsock_recv(ac_zsock_t *s, ac_frames_t *out)
             ac_warn("bus: recv: %s", zmq_strerror(err));
             return AC_ERR_IO;
         }
-        if (out->n == 0) {
+        if (uid_buf[0] == '\0') {
+            /* a ROUTER's first frame is its own routing id, without metadata: the peer's
+             * frames that follow carry it */
             const char *uid = zmq_msg_gets(&m, "User-Id");
             if (uid)
-                snprintf(out->user_id, sizeof(out->user_id), "%s", uid);
+                snprintf(uid_buf, sizeof(uid_buf), "%s", uid);
         }
         if (out->n < AC_FRAMES_MAX) {
             size_t len = zmq_msg_size(&m);
@@ -352,6 +366,7 @@ int ac_zsock_recv(ac_zsock_t *s, ac_frames_t *out)
         zmq_getsockopt(s->zs, ZMQ_RCVMORE, &more, &mlen);
         zmq_msg_close(&m);
     }
+    memcpy(out->user_id, uid_buf, sizeof(uid_buf));
     return 0;
 }
 
@@ -387,6 +402,14 @@ int ac_curve_key_is_valid(const char *text)
 {
     uint8_t raw[32];
     return text && strlen(text) == AC_KEY_Z85_LEN && zmq_z85_decode(raw, text) != NULL;
+}
+
+int ac_curve_key_to_z85(const uint8_t *raw, size_t len, char out[AC_KEY_Z85_LEN + 1])
+{
+    out[0] = '\0';
+    if (len != 32 || zmq_z85_encode(out, raw, len) == NULL)
+        return AC_ERR_INVALID;
+    return 0;
 }
 
 /* "name = value" with optional spaces; 1 when line is that key's assignment. */
@@ -434,8 +457,7 @@ int ac_curve_load(const char *key_file, const char *server_key, ac_curve_t *out,
     }
     if (fstat(fileno(f), &st) == 0 && (st.st_mode & 0077) != 0) {
         fclose(f);
-        snprintf(err, errlen,
-                 "CURVE key file %s is readable by others (mode %03o): chmod 600 it",
+        snprintf(err, errlen, "CURVE key file %s is readable by others (mode %03o): chmod 600 it",
                  key_file, (unsigned)(st.st_mode & 0777));
         return AC_ERR_CONFIG;
     }
@@ -452,8 +474,10 @@ int ac_curve_load(const char *key_file, const char *server_key, ac_curve_t *out,
             bad = 1;
         if (bad) {
             fclose(f);
-            snprintf(err, errlen, "CURVE key file %s, line %d: expected "
-                     "'public-key = <40 Z85 characters>' or 'secret-key = ...'", key_file, lineno);
+            snprintf(err, errlen,
+                     "CURVE key file %s, line %d: expected "
+                     "'public-key = <40 Z85 characters>' or 'secret-key = ...'",
+                     key_file, lineno);
             return AC_ERR_CONFIG;
         }
     }
@@ -474,7 +498,8 @@ int ac_curve_load(const char *key_file, const char *server_key, ac_curve_t *out,
     memcpy(out->public_key, derived, sizeof(derived));
     if (server_key) {
         if (!ac_curve_key_is_valid(server_key)) {
-            snprintf(err, errlen, "the bus's public key (AC_BUS_SERVER_KEY) is not 40 "
+            snprintf(err, errlen,
+                     "the bus's public key (AC_BUS_SERVER_KEY) is not 40 "
                      "characters of Z85");
             return AC_ERR_CONFIG;
         }

@@ -2,6 +2,7 @@
 #include "ac_config.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,37 @@ static int parse_bool(const char *s, int *out)
         }
     }
     return -1;
+}
+
+int ac_config_parse_duration(const char *s, double *seconds_out)
+{
+    static const struct {
+        char unit;
+        long seconds;
+    } units[] = {{'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}};
+    long per = 1;
+    long n = 0;
+    size_t i = 0;
+
+    if (!s || !(s[0] >= '0' && s[0] <= '9'))
+        return AC_ERR_INVALID;
+    for (; s[i] >= '0' && s[i] <= '9'; i++) {
+        if (n > (LONG_MAX - 9) / 10)
+            return AC_ERR_INVALID;
+        n = n * 10 + (s[i] - '0');
+    }
+    if (s[i] != '\0') {
+        per = 0;
+        for (size_t u = 0; u < AC_ARRAY_LEN(units); u++)
+            if (s[i] == units[u].unit && s[i + 1] == '\0')
+                per = units[u].seconds;
+        if (per == 0)
+            return AC_ERR_INVALID;
+    }
+    if (n > LONG_MAX / per)
+        return AC_ERR_INVALID;
+    *seconds_out = (double)(n * per);
+    return 0;
 }
 
 int ac_config_load(void *cfg, const ac_cfg_key_t *table, char *errbuf, size_t errlen)
@@ -77,6 +109,23 @@ int ac_config_load(void *cfg, const ac_cfg_key_t *table, char *errbuf, size_t er
             } else {
                 memcpy(field, &n, sizeof(n));
             }
+            break;
+        }
+        case AC_CFG_DURATION: {
+            double secs;
+            if (ac_config_parse_duration(v, &secs) != 0) {
+                snprintf(errbuf, errlen,
+                         "%s=\"%s\" is not a duration (a whole number and s, m, h or d, e.g. "
+                         "\"30d\") (%s)",
+                         k->env, v, k->help ? k->help : "");
+                return AC_ERR_CONFIG;
+            }
+            if ((k->min != 0 || k->max != 0) && (secs < (double)k->min || secs > (double)k->max)) {
+                snprintf(errbuf, errlen, "%s=%s is out of range %lds..%lds (%s)", k->env, v, k->min,
+                         k->max, k->help ? k->help : "");
+                return AC_ERR_CONFIG;
+            }
+            memcpy(field, &secs, sizeof(secs));
             break;
         }
         case AC_CFG_BOOL: {

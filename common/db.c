@@ -105,7 +105,8 @@ struct ac_db {
 typedef struct db_call {
     int stmt; /* index in cfg->stmts, or -1 for sql */
     int nparams;
-    const char *sql; /* stmt == -1 */
+    int result_format; /* 0 text, 1 binary */
+    const char *sql;   /* stmt == -1 */
     const char **values;
     int *lengths;
     int *formats;
@@ -138,6 +139,7 @@ struct ac_db_txn {
     int has_run;    /* got a connection at least once */
     int is_counted; /* counted in stats.txns */
     int rt_err;     /* first error of the round trip in flight */
+    int is_binary;  /* statements added from now on return binary results */
     int fail_err;   /* TXN_FAILED: why */
     char sqlstate[6];
     char *errmsg; /* owned, NULL when none */
@@ -378,7 +380,7 @@ static int db_fire_unavailable(ac_db_t *db)
 }
 
 static db_call_t *call_new(int stmt, const char *sql, int nparams, const char *const *values,
-                           const int *lengths, const int *formats)
+                           const int *lengths, const int *formats, int result_format)
 {
     size_t np = (size_t)nparams;
     size_t size = sizeof(db_call_t) + np * (sizeof(char *) + 2 * sizeof(int));
@@ -400,6 +402,7 @@ static db_call_t *call_new(int stmt, const char *sql, int nparams, const char *c
         return NULL;
     call->stmt = stmt;
     call->nparams = nparams;
+    call->result_format = result_format;
     call->values = (const char **)(call + 1);
     call->lengths = (int *)(call->values + np);
     call->formats = call->lengths + np;
@@ -446,7 +449,7 @@ static int txn_push_call(ac_db_txn_t *t, int stmt, const char *sql, int nparams,
         t->calls = calls;
         t->calls_cap = cap;
     }
-    db_call_t *call = call_new(stmt, sql, nparams, values, lengths, formats);
+    db_call_t *call = call_new(stmt, sql, nparams, values, lengths, formats, t->is_binary);
     if (!call)
         return AC_ERR_NOMEM;
     t->calls[t->ncalls++] = call;
@@ -550,10 +553,10 @@ static void conn_send_round_trip(db_conn_t *c, ac_db_txn_t *t)
             snprintf(name, sizeof name, "s%d", call->stmt);
             assert((size_t)call->stmt < c->db->cfg->nstmts);
             is_sent = PQsendQueryPrepared(c->pg, name, call->nparams, call->values, call->lengths,
-                                          call->formats, 0);
+                                          call->formats, call->result_format);
         } else {
             is_sent = PQsendQueryParams(c->pg, call->sql, call->nparams, NULL, call->values,
-                                        call->lengths, call->formats, 0);
+                                        call->lengths, call->formats, call->result_format);
         }
         if (!is_sent)
             goto broken;
@@ -1134,6 +1137,12 @@ int ac_db_txn_add(ac_db_txn_t *t, int stmt, const char *const *values, const int
         return AC_ERR_INVALID;
     }
     return txn_push_call(t, stmt, NULL, cfg->stmts[stmt].nparams, values, lengths, formats);
+}
+
+void ac_db_txn_set_binary_results(ac_db_txn_t *t, int on)
+{
+    if (t)
+        t->is_binary = on ? 1 : 0;
 }
 
 int ac_db_txn_add_sql(ac_db_txn_t *t, const char *sql, int nparams, const char *const *values,

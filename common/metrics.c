@@ -274,6 +274,13 @@ void ac_metrics_add(ac_metrics_t *m, const char *name, const char *labels, doubl
         s->value += v;
 }
 
+void ac_metrics_set_counter(ac_metrics_t *m, const char *name, const char *labels, double v)
+{
+    series_t *s = lookup(m, name, labels, AC_METRIC_COUNTER, 0);
+    if (s != NULL)
+        s->value = v;
+}
+
 void ac_metrics_set(ac_metrics_t *m, const char *name, const char *labels, double v)
 {
     series_t *s = lookup(m, name, labels, AC_METRIC_GAUGE, 0);

@@ -24,7 +24,11 @@
 #define MARK_DELAY_S 2.0
 #define MARK_RING    64
 
-enum { S_MARK, S_ASSIGN, S_RECOVER, S_COUNT };
+enum { S_MARK, S_ASSIGN, S_RECOVER, S_PRUNE, S_COUNT };
+
+#define PRUNE_CHUNK 5000 /* rows deleted per statement */
+#define PRUNE_MIN_S 1.0  /* the prune job runs every retention / 2, within these */
+#define PRUNE_MAX_S 300.0
 
 typedef struct pending_event {
     uint64_t sequence;
@@ -42,9 +46,12 @@ struct ac_outbox {
     char sql[S_COUNT][SQL_MAX];
     char channel[SCHEMA_MAX + 8];
     const char *listen[2];
-    ac_bus_pub_t *pub; /* owned */
-    ev_timer poll;     /* safety net against a missed NOTIFY */
-    ev_timer retry;    /* after a database error */
+    ac_bus_pub_t *pub;       /* owned */
+    ev_timer poll;           /* safety net against a missed NOTIFY */
+    ev_timer retry;          /* after a database error */
+    ev_timer prune;          /* the retention job (not started when retention_s is 0) */
+    ac_db_txn_t *prune_txn;  /* the prune statement in flight, or NULL */
+    unsigned prune_failures; /* consecutive failed prunes (the first is logged at warn) */
     ac_backoff_t backoff;
     ac_db_txn_t *txn;         /* the round trip in flight, or NULL */
     pending_event_t *pending; /* numbered, not yet handed to the bus */
@@ -102,15 +109,27 @@ static const char OUTBOX_V1[] =
     "CREATE TRIGGER outbox_notify AFTER INSERT ON %1$s.outbox"
     " FOR EACH STATEMENT EXECUTE FUNCTION %1$s.outbox_notify();";
 
+/* The bus reads the outbox for replay (and outbox_state for positions and lag) as role
+ * ac_bus; a database without that role (unit tests) gets no grant. */
+static const char OUTBOX_V2[] = "DO $g$ BEGIN"
+                                " IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ac_bus') THEN"
+                                "  GRANT USAGE ON SCHEMA %1$s TO ac_bus;"
+                                "  GRANT SELECT ON %1$s.outbox, %1$s.outbox_state TO ac_bus;"
+                                " END IF;"
+                                " END $g$;";
+
 int ac_outbox_migrate(const char *conninfo, const char *schema, double wait_s)
 {
     char v1[sizeof(OUTBOX_V1) + (size_t)16 * SCHEMA_MAX];
+    char v2[sizeof(OUTBOX_V2) + (size_t)4 * SCHEMA_MAX];
     if (!schema_is_valid(schema)) {
         ac_error("outbox: invalid schema name \"%s\"", schema);
         return AC_ERR_INVALID;
     }
     snprintf(v1, sizeof(v1), OUTBOX_V1, schema);
-    const ac_migration_t migrations[] = {{1, "001_outbox", v1}, {0, NULL, NULL}};
+    snprintf(v2, sizeof(v2), OUTBOX_V2, schema);
+    const ac_migration_t migrations[] = {
+        {1, "001_outbox", v1}, {2, "002_grant_bus", v2}, {0, NULL, NULL}};
     return ac_db_migrate(conninfo, schema, "outbox", migrations, wait_s);
 }
 
@@ -138,6 +157,21 @@ static const char SQL_RECOVER[] =
     "                       THEN (SELECT published_seq FROM %1$s.outbox_state)"
     "                       ELSE $1::bigint END"
     " ORDER BY sequence LIMIT $2";
+
+/* Retention: deletes up to $1 of the oldest published rows, stopping before the first one
+ * (in sequence order) younger than $2 seconds, so no hole is ever left for replay. */
+static const char SQL_PRUNE[] =
+    "WITH chunk AS (SELECT sequence, created_at FROM %1$s.outbox"
+    "               WHERE sequence IS NOT NULL"
+    "                 AND sequence <= (SELECT published_seq FROM %1$s.outbox_state)"
+    "               ORDER BY sequence LIMIT $1::int),"
+    " keep AS (SELECT min(sequence) AS first FROM chunk"
+    "          WHERE created_at >= now() - make_interval(secs => $2::double precision)),"
+    " del AS (DELETE FROM %1$s.outbox o USING chunk c"
+    "         WHERE o.sequence = c.sequence"
+    "           AND c.sequence < coalesce((SELECT first FROM keep), 9223372036854775807)"
+    "         RETURNING o.sequence)"
+    " SELECT count(*), coalesce(max(sequence), 0) FROM del";
 
 /* Events queued towards a bus connection that broke may be lost: after the bus subscribes
  * again on a new connection, resend this many of the latest (more than the publisher's
@@ -385,9 +419,71 @@ static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
     relay_kick(ac_container_of(w, ac_outbox_t, retry));
 }
 
+/* --- retention ------------------------------------------------------------------------- */
+
+static void prune_kick(ac_outbox_t *self);
+
+static void on_prune_result(ac_db_txn_t *txn, int err, void *arg)
+{
+    ac_outbox_t *self = arg;
+    PGresult *res = ac_db_txn_result(txn, 0);
+    long long deleted = 0, upto = 0;
+
+    self->prune_txn = NULL;
+    if (err == 0 && res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+        deleted = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        upto = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+    } else if (err == 0) {
+        err = AC_ERR_DB;
+    }
+    if (err != 0) {
+        if (self->prune_failures++ == 0)
+            ac_warn("outbox: pruning %s.outbox failed: %s %s", self->cfg->schema,
+                    err == AC_ERR_DB ? ac_db_txn_sqlstate(txn) : ac_strerror(err),
+                    ac_db_txn_errmsg(txn));
+        ac_db_txn_free(&txn);
+        return; /* the next period tries again */
+    }
+    ac_db_txn_free(&txn);
+    self->prune_failures = 0;
+    if (deleted > 0) {
+        ac_info("outbox: pruned %lld events of %s.outbox up to sequence %lld (retention %.0f s)",
+                deleted, self->cfg->schema, upto, self->cfg->retention_s);
+        if (self->cfg->metrics)
+            ac_metrics_add(self->cfg->metrics, "outbox_pruned_total", NULL, (double)deleted);
+    }
+    if (deleted >= PRUNE_CHUNK)
+        prune_kick(self); /* more to do: go on at once */
+}
+
+static void prune_kick(ac_outbox_t *self)
+{
+    char chunk[16], secs[32];
+    const char *params[2] = {chunk, secs};
+    int rc;
+
+    if (self->prune_txn)
+        return;
+    if (!(self->prune_txn = ac_db_txn_new(self->db, 0)))
+        return;
+    snprintf(chunk, sizeof(chunk), "%d", PRUNE_CHUNK);
+    snprintf(secs, sizeof(secs), "%.3f", self->cfg->retention_s);
+    rc = ac_db_txn_add(self->prune_txn, S_PRUNE, params, NULL, NULL);
+    if (rc == 0)
+        rc = ac_db_txn_flush(self->prune_txn, on_prune_result, self);
+    if (rc != 0)
+        ac_db_txn_free(&self->prune_txn); /* the database is down: the next period retries */
+}
+
+static void on_prune(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    prune_kick(ac_container_of(w, ac_outbox_t, prune));
+}
+
 ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg)
 {
-    static const int nparams[S_COUNT] = {1, 1, 2};
+    static const int nparams[S_COUNT] = {1, 1, 2, 2};
+    double prune_every_s;
     ac_outbox_t *self;
 
     if (!schema_is_valid(cfg->schema)) {
@@ -404,6 +500,7 @@ ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg)
     snprintf(self->sql[S_MARK], SQL_MAX, SQL_MARK, cfg->schema);
     snprintf(self->sql[S_ASSIGN], SQL_MAX, SQL_ASSIGN, cfg->schema);
     snprintf(self->sql[S_RECOVER], SQL_MAX, SQL_RECOVER, cfg->schema);
+    snprintf(self->sql[S_PRUNE], SQL_MAX, SQL_PRUNE, cfg->schema);
     for (int i = 0; i < S_COUNT; i++) {
         self->stmts[i].sql = self->sql[i];
         self->stmts[i].nparams = nparams[i];
@@ -411,7 +508,7 @@ ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg)
     snprintf(self->channel, sizeof(self->channel), "%s_outbox", cfg->schema);
     self->listen[0] = self->channel;
     self->dbcfg.conninfo = cfg->conninfo;
-    self->dbcfg.pool_size = 1;
+    self->dbcfg.pool_size = 2; /* the prune job never holds up the relay */
     self->dbcfg.stmts = self->stmts;
     self->dbcfg.nstmts = S_COUNT;
     self->dbcfg.listen = self->listen;
@@ -421,6 +518,11 @@ ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg)
     ac_backoff_init(&self->backoff, 0.1, 5.);
     ev_timer_init(&self->poll, on_poll, 1., 1.);
     ev_timer_init(&self->retry, on_retry, 1., 0.);
+    prune_every_s = cfg->retention_s / 2;
+    prune_every_s = prune_every_s < PRUNE_MIN_S   ? PRUNE_MIN_S
+                    : prune_every_s > PRUNE_MAX_S ? PRUNE_MAX_S
+                                                  : prune_every_s;
+    ev_timer_init(&self->prune, on_prune, prune_every_s, prune_every_s);
     if (cfg->metrics) {
         ac_metrics_declare(cfg->metrics, "outbox_published_total", AC_METRIC_COUNTER,
                            "Events handed to the bus by the outbox relay");
@@ -428,6 +530,8 @@ ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg)
                            "Last sequence handed to the bus");
         ac_metrics_declare(cfg->metrics, "outbox_batch_size", AC_METRIC_HISTOGRAM,
                            "Events numbered per relay transaction");
+        ac_metrics_declare(cfg->metrics, "outbox_pruned_total", AC_METRIC_COUNTER,
+                           "Published events deleted from the outbox after the retention");
     }
     self->pub = ac_bus_pub_new(loop, cfg->bus_endpoint, cfg->curve);
     self->db = self->pub ? ac_db_new(loop, &self->dbcfg) : NULL;
@@ -437,6 +541,8 @@ ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg)
     }
     ac_bus_pub_on_ready(self->pub, on_bus_ready, self);
     ev_timer_start(loop, &self->poll);
+    if (cfg->retention_s > 0)
+        ev_timer_start(loop, &self->prune);
     return self;
 }
 
@@ -447,6 +553,8 @@ void ac_outbox_destroy(ac_outbox_t **self_p)
         return;
     ev_timer_stop(self->loop, &self->poll);
     ev_timer_stop(self->loop, &self->retry);
+    ev_timer_stop(self->loop, &self->prune);
+    ac_db_txn_free(&self->prune_txn);
     ac_db_txn_free(&self->txn);
     ac_db_destroy(&self->db);
     ac_bus_pub_destroy(&self->pub);

@@ -7,7 +7,9 @@
 # 2. builds the release preset into build/release;
 # 3. starts the embedded PostgreSQL in var/pg (deploy/pg.sh; created on the first run,
 #    with per-service roles and schemas, passwords in var/aftercare.env);
-# 4. on the first run creates an admin API token, kept in var/admin.token;
+# 4. on the first run creates an admin API token, kept in var/admin.token, and the CURVE
+#    keys of the bus (var/keys/: bus.key, the bus's own; intake.key, registered as the
+#    service aftercare/intake; admin.key, a subscriber for `aftercarectl events tail`);
 # 5. starts the bus and intake (logs in var/log/), waits for intake's /healthz and prints
 #    the endpoints, the token and example commands;
 # 6. runs until Ctrl-C (or until a service dies), then stops the services and PostgreSQL
@@ -15,8 +17,9 @@
 #
 # Environment (defaults in brackets): AC_PG_PORT [5439], AC_INTAKE_HTTP_ADDR [127.0.0.1],
 # AC_INTAKE_HTTP_PORT [8081], AC_BUS_INPUT_BIND [tcp://127.0.0.1:5570],
-# AC_BUS_OUTPUT_BIND [tcp://127.0.0.1:5571], AC_BUS_INPUT [the input bind, as seen from
-# here]; every other AC_* variable (AC_LOG_LEVEL, AC_INTAKE_DB_POOL, ...) is passed on.
+# AC_BUS_OUTPUT_BIND [tcp://127.0.0.1:5571], AC_BUS_REPLAY_BIND [tcp://127.0.0.1:5572],
+# AC_BUS_INPUT [the input bind, as seen from here]; every other AC_* variable
+# (AC_LOG_LEVEL, AC_INTAKE_DB_POOL, ...) is passed on.
 set -euo pipefail
 
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
@@ -25,12 +28,14 @@ VAR=$ROOT/var
 BIN=$ROOT/build/release
 ENVFILE=$VAR/aftercare.env
 TOKEN_FILE=$VAR/admin.token
+KEYS=$VAR/keys
 
 PG_PORT=${AC_PG_PORT:-5439}
 HTTP_ADDR=${AC_INTAKE_HTTP_ADDR:-127.0.0.1}
 HTTP_PORT=${AC_INTAKE_HTTP_PORT:-8081}
 BUS_INPUT_BIND=${AC_BUS_INPUT_BIND:-tcp://127.0.0.1:5570}
 BUS_OUTPUT_BIND=${AC_BUS_OUTPUT_BIND:-tcp://127.0.0.1:5571}
+BUS_REPLAY_BIND=${AC_BUS_REPLAY_BIND:-tcp://127.0.0.1:5572}
 
 # An endpoint as a client on this machine reaches it: tcp://*:5570 -> tcp://127.0.0.1:5570.
 local_endpoint() {
@@ -39,6 +44,7 @@ local_endpoint() {
 }
 BUS_INPUT=${AC_BUS_INPUT:-$(local_endpoint "$BUS_INPUT_BIND")}
 BUS_OUTPUT=$(local_endpoint "$BUS_OUTPUT_BIND")
+BUS_REPLAY=$(local_endpoint "$BUS_REPLAY_BIND")
 HTTP_HOST=$HTTP_ADDR
 if [[ "$HTTP_HOST" == 0.0.0.0 || "$HTTP_HOST" == '*' ]]; then HTTP_HOST=127.0.0.1; fi
 INTAKE_URL=http://$HTTP_HOST:$HTTP_PORT
@@ -116,7 +122,7 @@ tcp_listening() { # tcp://HOST:PORT
 }
 
 # Something else on our ports would answer our health checks: refuse to start instead.
-for ep in "$BUS_INPUT" "$BUS_OUTPUT" "tcp://$HTTP_HOST:$HTTP_PORT"; do
+for ep in "$BUS_INPUT" "$BUS_OUTPUT" "$BUS_REPLAY" "tcp://$HTTP_HOST:$HTTP_PORT"; do
     if tcp_listening "$ep"; then
         die "${ep#tcp://} is already in use (another aftercare?); free it or choose other ports"
     fi
@@ -147,6 +153,36 @@ if ((first_run)) || [[ ! -s "$TOKEN_FILE" ]]; then
 fi
 ADMIN_TOKEN=$(cat "$TOKEN_FILE")
 
+# ---- CURVE keys of the bus ---------------------------------------------------------------------
+# Every bus socket is encrypted and authenticated (docs/events.md). A key file that is missing
+# is made again; a client key whose file was lost is revoked and replaced. After a reset of
+# var/pg (first run) the client keys that still exist are registered again.
+mkdir -p "$KEYS"
+chmod 700 "$KEYS"
+key_public() { sed -n 's/^public-key *= *//p' "$1"; }
+ensure_key() { # NAME FILE KEYS-ARGS...
+    local name=$1 file=$2
+    shift 2
+    if [[ ! -s "$file" ]]; then
+        rm -f "$file"
+        if [[ "$1" != "--kind" || "$2" != bus ]]; then
+            AC_ADMIN_DB="$AC_ADMIN_DB" "$CTL" keys revoke "$name" >/dev/null 2>&1 || true
+        fi
+        say "creating the CURVE key ${file#"$ROOT"/}"
+        AC_ADMIN_DB="$AC_ADMIN_DB" "$CTL" keys create "$name" "$@" --out "$file" >/dev/null ||
+            die "aftercarectl keys create $name failed"
+    elif ((first_run)) && [[ "$1" != "--kind" || "$2" != bus ]]; then
+        say "registering the existing key ${file#"$ROOT"/} in the new database"
+        AC_ADMIN_DB="$AC_ADMIN_DB" "$CTL" keys allow "$name" --public-key "$(key_public "$file")" \
+            "$@" >/dev/null || die "aftercarectl keys allow $name failed"
+    fi
+}
+ensure_key bus "$KEYS/bus.key" --kind bus
+ensure_key intake "$KEYS/intake.key" --kind service --source aftercare/intake
+ensure_key admin "$KEYS/admin.key" --kind subscriber
+BUS_PUBLIC_KEY=$(key_public "$KEYS/bus.key")
+[[ ${#BUS_PUBLIC_KEY} -eq 40 ]] || die "var/keys/bus.key has no public-key line"
+
 # ---- services --------------------------------------------------------------------------------
 start_service() { # NAME ENV... -- ARGV...
     local name=$1 log=$VAR/log/$1.log
@@ -176,10 +212,11 @@ check_alive() {
     done
 }
 
-say "starting aftercare-bus (input $BUS_INPUT_BIND, output $BUS_OUTPUT_BIND)"
+say "starting aftercare-bus (input $BUS_INPUT_BIND, output $BUS_OUTPUT_BIND, replay $BUS_REPLAY_BIND)"
 start_service bus \
     AC_BUS_INPUT_BIND="$BUS_INPUT_BIND" AC_BUS_OUTPUT_BIND="$BUS_OUTPUT_BIND" \
-    AC_BUS_DB="$AC_BUS_DB" -- \
+    AC_BUS_REPLAY_BIND="$BUS_REPLAY_BIND" AC_BUS_DB="$AC_BUS_DB" \
+    AC_BUS_SECRET_KEY_FILE="$KEYS/bus.key" -- \
     "$BIN/services/bus/aftercare-bus"
 for ((i = 0; i < 100; i++)); do # 10 s
     check_alive
@@ -191,7 +228,9 @@ tcp_listening "$BUS_OUTPUT" || die "aftercare-bus does not listen on $BUS_OUTPUT
 say "starting aftercare-intake ($INTAKE_URL)"
 start_service intake \
     AC_INTAKE_DB="$AC_INTAKE_DB" AC_INTAKE_HTTP_ADDR="$HTTP_ADDR" \
-    AC_INTAKE_HTTP_PORT="$HTTP_PORT" AC_BUS_INPUT="$BUS_INPUT" -- \
+    AC_INTAKE_HTTP_PORT="$HTTP_PORT" AC_BUS_INPUT="$BUS_INPUT" AC_BUS_OUTPUT="$BUS_OUTPUT" \
+    AC_BUS_REPLAY="$BUS_REPLAY" AC_BUS_SERVER_KEY="$BUS_PUBLIC_KEY" \
+    AC_INTAKE_KEY_FILE="$KEYS/intake.key" -- \
     "$BIN/services/intake/aftercare-intake"
 healthy=0
 for ((i = 0; i < 600; i++)); do # 60 s: the first start applies the migrations
@@ -211,15 +250,20 @@ aftercare is running. Ctrl-C stops everything.
   intake HTTP API   $INTAKE_URL   (/v1/..., /healthz, /metrics)
   bus input         $BUS_INPUT   (services publish here; XSUB)
   bus output        $BUS_OUTPUT   (subscribe here; XPUB)
+  bus replay        $BUS_REPLAY   (missed events by sequence; ROUTER)
+  bus public key    $BUS_PUBLIC_KEY   (CURVE: AC_BUS_SERVER_KEY of every client)
   PostgreSQL        127.0.0.1:$AC_PG_PORT, database aftercare (data in var/pg,
                     connection strings in var/aftercare.env)
   logs              var/log/bus.log, var/log/intake.log
 
   admin token       $ADMIN_TOKEN   (also in var/admin.token)
+  bus keys          var/keys/ (bus.key, intake.key, admin.key); ${CTL#"$ROOT"/} keys list
 
 Try, in another terminal:
 
   export AC_TOKEN=\$(cat var/admin.token) AC_INTAKE_URL=$INTAKE_URL AC_BUS_OUTPUT=$BUS_OUTPUT
+  export AC_BUS_REPLAY=$BUS_REPLAY AC_CTL_KEY_FILE=var/keys/admin.key
+  export AC_BUS_SERVER_KEY='$BUS_PUBLIC_KEY'
   curl -s $INTAKE_URL/healthz
   curl -s -X POST $INTAKE_URL/v1/customers -H "Authorization: Bearer \$AC_TOKEN" \\
        -H 'Content-Type: application/json' \\

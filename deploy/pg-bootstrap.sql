@@ -14,7 +14,8 @@
 -- Each service logs in with its own role, granted only what it needs:
 --   ac_admin   owns the database and schema auth (tokens); used by aftercarectl.
 --   ac_intake  owns schema intake; reads auth.tokens.
---   ac_bus     reads auth.tokens; USAGE on intake (it will read the outboxes).
+--   ac_bus     reads auth.tokens and auth.bus_keys; USAGE on intake, and SELECT on the
+--              outbox tables (granted by the service's outbox migration) for replay.
 -- Services create their own tables through their migrations, in the schema they own.
 
 \set ON_ERROR_STOP 1
@@ -88,7 +89,45 @@ CREATE OR REPLACE TRIGGER tokens_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON auth.tokens
     FOR EACH STATEMENT EXECUTE FUNCTION auth.tokens_changed();
 
+-- CURVE public keys allowed on the bus (see docs/events.md). Only public keys are stored;
+-- a secret key never leaves the machine of its owner. The bus loads the table at start and
+-- again on every NOTIFY ac_bus_keys, so a revoked key is refused without a restart.
+--   kind 'service':    may publish into the bus input, only envelopes whose source is
+--                      `source`; may also subscribe and replay like a subscriber.
+--   kind 'subscriber': may subscribe to the output and use replay, nothing else.
+--   topics:            the topic prefixes the key may see, live and replayed;
+--                      an empty array means every topic.
+CREATE TABLE IF NOT EXISTS auth.bus_keys (
+    public_key text        PRIMARY KEY CHECK (length(public_key) = 40), -- Z85
+    name       text        NOT NULL CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'),
+    kind       text        NOT NULL CHECK (kind IN ('service', 'subscriber')),
+    source     text        CHECK (source ~ '^aftercare/[a-z][a-z0-9-]{0,31}$'),
+    topics     text[]      NOT NULL DEFAULT '{}'
+               CHECK (array_position(topics, NULL) IS NULL),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    revoked_at timestamptz,
+    CHECK ((kind = 'service') = (source IS NOT NULL))
+);
+ALTER TABLE auth.bus_keys OWNER TO ac_admin;
+-- a name is reusable once its key is revoked (rotation)
+CREATE UNIQUE INDEX IF NOT EXISTS bus_keys_live_name ON auth.bus_keys (name)
+    WHERE revoked_at IS NULL;
+
+CREATE OR REPLACE FUNCTION auth.bus_keys_changed() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('ac_bus_keys', '');
+    RETURN NULL;
+END
+$$;
+ALTER FUNCTION auth.bus_keys_changed() OWNER TO ac_admin;
+
+CREATE OR REPLACE TRIGGER bus_keys_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON auth.bus_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION auth.bus_keys_changed();
+
 GRANT USAGE ON SCHEMA auth TO ac_intake, ac_bus;
+GRANT SELECT ON auth.bus_keys TO ac_bus;
 GRANT SELECT ON auth.tokens TO ac_intake, ac_bus;
 GRANT USAGE ON SCHEMA intake TO ac_bus;
 

@@ -1,16 +1,30 @@
 /* bus.c — forwarding and checking (see bus.h). */
 #include "bus.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ac_event.h"
 #include "ac_log.h"
 
-#define FORWARD_BATCH 1024
+#define FORWARD_BATCH   1024
+#define HEARTBEAT_TOPIC "bus.heartbeat" /* every key may see it */
+#define REBIND_S        0.1             /* retry of a re-created output's bind */
+
+/* A key let into the output, with the topics it had then (see bus_output_key_seen). */
+typedef struct bus_seen_key {
+    char public_key[AC_KEY_Z85_LEN + 1];
+    char **topics; /* owned copies; ntopics == 0 means every topic */
+    size_t ntopics;
+} bus_seen_key_t;
 
 /* A message is forwarded only when it is [topic][envelope] and the topic is the one the
- * envelope's type implies, so subscribers' prefix filters can be trusted. */
-static const char *check_message(const ac_frames_t *f)
+ * envelope's type implies, so subscribers' prefix filters can be trusted. The envelope's
+ * source is copied to source (cut to fit) for the publisher check, its sequence to
+ * *sequence (for the source positions). */
+static const char *check_message(const ac_frames_t *f, char *source, size_t source_len,
+                                 uint64_t *sequence)
 {
     char topic[AC_TOPIC_MAX];
     Aftercare__V1__Envelope *env;
@@ -29,7 +43,27 @@ static const char *check_message(const ac_frames_t *f)
         why = "topic does not match the envelope type";
     else if (env->sequence == 0 || env->source[0] == '\0')
         why = "envelope has no source or sequence";
+    snprintf(source, source_len, "%s", env->source);
+    *sequence = env->sequence;
     aftercare__v1__envelope__free_unpacked(env, NULL);
+    return why;
+}
+
+/* Only a live service key may publish, and only envelopes of its own source: NULL when
+ * the message may go on, else why not (the message is dropped as unauthorised). */
+static const char *check_publisher(bus_t *self, const ac_frames_t *f, const char *source, char *why,
+                                   size_t whylen)
+{
+    const bus_key_t *k = bus_keys_find(self->keys, f->user_id);
+    if (k == NULL)
+        snprintf(why, whylen, "%s", f->user_id[0] ? "key revoked" : "no CURVE key");
+    else if (!k->is_service)
+        snprintf(why, whylen, "key \"%s\" is not a service key", k->name);
+    else if (strcmp(source, k->source) != 0)
+        snprintf(why, whylen, "envelope source \"%.64s\" is not %s, the source of key \"%s\"",
+                 source, k->source, k->name);
+    else
+        return NULL;
     return why;
 }
 
@@ -39,24 +73,58 @@ static void on_input(ac_zsock_t *s, void *arg)
     for (int i = 0; i < FORWARD_BATCH; i++) {
         ac_frames_t f;
         const char *why;
+        char source[AC_TOPIC_MAX], denied[256];
+        uint64_t sequence = 0;
         int rc = ac_zsock_recv(s, &f);
         if (rc == AC_ERR_AGAIN)
             break;
         if (rc != 0)
             continue;
-        why = check_message(&f);
-        if (why) {
+        why = check_message(&f, source, sizeof(source), &sequence);
+        if (!why && check_publisher(self, &f, source, denied, sizeof(denied))) {
+            self->unauthorised++;
+            bus_zap_log_refusal(self->zap, BUS_ZAP_INPUT, f.user_id, "", denied);
+        } else if (why) {
             self->malformed++;
             ac_warn("dropped a message from the input (%zu frames, %zu bytes first): %s", f.n,
                     f.n ? f.len[0] : 0, why);
         } else {
             const void *data[2] = {f.data[0], f.data[1]};
             /* XPUB never blocks: a subscriber whose queue is full misses the message */
-            if (ac_zsock_send(self->output, data, f.len, 2) == 0)
+            if (ac_zsock_send(self->output, data, f.len, 2) == 0) {
                 self->forwarded++;
+                if (self->on_forwarded)
+                    self->on_forwarded(self->forwarded_arg, source, sequence,
+                                       (const char *)f.data[0]);
+            }
         }
         ac_frames_clear(&f);
     }
+}
+
+/* XPUB_MANUAL: (un)subscribes the peer that sent the last subscription message. */
+static int output_filter(bus_t *self, int is_sub, const char *prefix)
+{
+    return is_sub ? ac_zsock_subscribe(self->output, prefix)
+                  : ac_zsock_unsubscribe(self->output, prefix);
+}
+
+/* Applies a peer's (un)subscription to prefix intersected with what its key may see:
+ * the prefix itself when an allowed prefix covers it, else each allowed prefix (and
+ * bus.heartbeat) that the prefix covers. Returns the number of filters applied. */
+static int apply_subscription(bus_t *self, const bus_key_t *k, int is_sub, const char *prefix)
+{
+    size_t plen = strlen(prefix);
+    int applied = 0;
+    if (bus_key_allows_topic(k, prefix) ||
+        strncmp(prefix, HEARTBEAT_TOPIC, strlen(HEARTBEAT_TOPIC)) == 0)
+        return output_filter(self, is_sub, prefix) == 0;
+    for (size_t i = 0; i < k->ntopics; i++)
+        if (strncmp(k->topics[i], prefix, plen) == 0)
+            applied += output_filter(self, is_sub, k->topics[i]) == 0;
+    if (strncmp(HEARTBEAT_TOPIC, prefix, plen) == 0)
+        applied += output_filter(self, is_sub, HEARTBEAT_TOPIC) == 0;
+    return applied;
 }
 
 static void on_output(ac_zsock_t *s, void *arg)
@@ -68,14 +136,157 @@ static void on_output(ac_zsock_t *s, void *arg)
             break;
         if (f.n == 1 && f.len[0] >= 1 && (f.data[0][0] == 0 || f.data[0][0] == 1)) {
             int is_sub = f.data[0][0] == 1;
+            const char *prefix = (const char *)f.data[0] + 1;
+            const bus_key_t *k;
             if (is_sub)
                 self->subscribes++;
             else
                 self->unsubscribes++;
-            ac_debug("%s \"%.*s\"", is_sub ? "subscribe" : "unsubscribe", (int)f.len[0] - 1,
-                     (const char *)f.data[0] + 1);
+            ac_debug("%s \"%.*s\" by %s", is_sub ? "subscribe" : "unsubscribe", (int)f.len[0] - 1,
+                     prefix, f.user_id[0] ? f.user_id : "(gone)");
+            if (f.user_id[0] == '\0') {
+                /* libzmq's own unsubscription for a peer that went away: already applied */
+            } else if (strlen(prefix) != f.len[0] - 1) {
+                self->malformed++;
+                ac_warn("output: key %s sent a subscription with a NUL byte; ignored", f.user_id);
+            } else if ((k = bus_keys_find(self->keys, f.user_id)) == NULL) {
+                /* revoked since it connected: the output is being re-created for it */
+                if (is_sub)
+                    self->topics_denied++;
+            } else if (apply_subscription(self, k, is_sub, prefix) == 0 && is_sub) {
+                self->topics_denied++;
+                ac_info("output: key \"%s\" may not see \"%s\"; subscription refused", k->name,
+                        prefix);
+            }
+        } else {
+            self->malformed++;
+            ac_debug("output: ignored a message that is not a subscription (%zu frames) from %s",
+                     f.n, f.user_id[0] ? f.user_id : "(unknown)");
         }
         ac_frames_clear(&f);
+    }
+}
+
+/* --- the output socket and who has been let into it -------------------------------------- */
+
+static void seen_keys_clear(bus_t *self)
+{
+    for (size_t i = 0; i < self->noutput_keys; i++) {
+        for (size_t j = 0; j < self->output_keys[i].ntopics; j++)
+            free(self->output_keys[i].topics[j]);
+        free(self->output_keys[i].topics);
+    }
+    free(self->output_keys);
+    self->output_keys = NULL;
+    self->noutput_keys = 0;
+}
+
+void bus_output_key_seen(bus_t *self, const bus_key_t *k)
+{
+    bus_seen_key_t *grown, *e;
+    for (size_t i = 0; i < self->noutput_keys; i++)
+        if (strcmp(self->output_keys[i].public_key, k->public_key) == 0)
+            return; /* the snapshot of its first entry stays the reference */
+    grown = realloc(self->output_keys, (self->noutput_keys + 1) * sizeof(*grown));
+    if (grown == NULL) {
+        ac_error("out of memory: a later revocation of key %s may not cut it off", k->public_key);
+        return;
+    }
+    self->output_keys = grown;
+    e = &grown[self->noutput_keys++];
+    memset(e, 0, sizeof(*e));
+    snprintf(e->public_key, sizeof(e->public_key), "%s", k->public_key);
+    if (k->ntopics == 0)
+        return;
+    char **topics = calloc(k->ntopics, sizeof(*topics));
+    size_t n = 0;
+    while (topics != NULL && n < k->ntopics && (topics[n] = strdup(k->topics[n])) != NULL)
+        n++;
+    if (topics != NULL && n == k->ntopics) {
+        e->topics = topics;
+        e->ntopics = n;
+        return;
+    }
+    /* out of memory: remember it as seeing every topic, so that any narrowing counts */
+    for (size_t j = 0; topics != NULL && j < n; j++)
+        free(topics[j]);
+    free(topics);
+}
+
+/* 1 when key seen then may now see less: revoked, or one of its old topics is no longer
+ * covered by its new ones. */
+static int seen_key_lost_rights(const bus_seen_key_t *seen, const bus_key_t *now)
+{
+    if (now == NULL)
+        return 1;
+    if (seen->ntopics == 0)
+        return now->ntopics > 0;
+    for (size_t i = 0; i < seen->ntopics; i++)
+        if (!bus_key_allows_topic(now, seen->topics[i]))
+            return 1;
+    return 0;
+}
+
+static int output_open(bus_t *self)
+{
+    ac_zsock_t *s = ac_zsock_new(self->loop, AC_ZSOCK_XPUB);
+    if (!s)
+        return AC_ERR_IO;
+    if (ac_zsock_set_hwm(s, (int)self->cfg->hwm, 1000) || ac_zsock_set_xpub_manual(s, 1) ||
+        ac_zsock_set_curve_server(s, &self->curve, BUS_ZAP_OUTPUT)) {
+        ac_zsock_destroy(&s);
+        return AC_ERR_IO;
+    }
+    ac_zsock_on_readable(s, on_output, self);
+    self->output = s;
+    return 0;
+}
+
+static void on_output_rebind(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    bus_t *self = ac_container_of(w, bus_t, output_rebind);
+    if (ac_zsock_bind(self->output, self->cfg->output_bind) != 0)
+        return; /* logged; the timer repeats */
+    ev_timer_stop(loop, w);
+    ac_info("output %s open again", self->cfg->output_bind);
+}
+
+/* Closes the output, so every subscriber must authenticate again, and opens a new one.
+ * Until the new one is bound (the old port may be busy for a moment) it has no peers, so
+ * what is forwarded meanwhile reaches nobody; subscribers repair that gap by replay. */
+static void output_recreate(bus_t *self, const char *why)
+{
+    ac_zsock_t *old = self->output;
+    self->output = NULL;
+    if (output_open(self) != 0) {
+        ac_error("cannot re-create the output (%s); keeping the old one", why);
+        self->output = old;
+        return;
+    }
+    ac_zsock_destroy(&old);
+    seen_keys_clear(self);
+    self->output_recreated++;
+    ac_warn("output re-created: %s; every subscriber reconnects and authenticates again", why);
+    ev_timer_stop(self->loop, &self->output_rebind);
+    ev_timer_set(&self->output_rebind, REBIND_S, REBIND_S); /* the old listener closes first */
+    ev_timer_start(self->loop, &self->output_rebind);
+}
+
+/* The keys were reloaded: a key let into the output that has lost rights must go. */
+static void on_keys_changed(void *arg)
+{
+    bus_t *self = arg;
+    bus_zap_keys_loaded(self->zap);
+    for (size_t i = 0; i < self->noutput_keys; i++) {
+        const bus_seen_key_t *seen = &self->output_keys[i];
+        const bus_key_t *now = bus_keys_find(self->keys, seen->public_key);
+        if (seen_key_lost_rights(seen, now)) {
+            char why[128];
+            snprintf(why, sizeof(why), "key %s was %s", seen->public_key,
+                     now == NULL ? "revoked" : "narrowed");
+            output_recreate(self, why);
+            return;
+        }
     }
 }
 
@@ -85,6 +296,13 @@ static void on_stats(struct ev_loop *loop, ev_timer *w, int revents)
     ac_info("forwarded=%llu malformed=%llu subscribes=%llu unsubscribes=%llu",
             (unsigned long long)self->forwarded, (unsigned long long)self->malformed,
             (unsigned long long)self->subscribes, (unsigned long long)self->unsubscribes);
+    ac_info("auth failures input=%llu output=%llu replay=%llu, unauthorised=%llu "
+            "topics_denied=%llu output_recreated=%llu",
+            (unsigned long long)self->auth_failures[BUS_DOMAIN_INPUT],
+            (unsigned long long)self->auth_failures[BUS_DOMAIN_OUTPUT],
+            (unsigned long long)self->auth_failures[BUS_DOMAIN_REPLAY],
+            (unsigned long long)self->unauthorised, (unsigned long long)self->topics_denied,
+            (unsigned long long)self->output_recreated);
 }
 
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
@@ -98,13 +316,24 @@ int bus_setup(bus_t *self, struct ev_loop *loop, const bus_config_t *cfg)
     memset(self, 0, sizeof(*self));
     self->loop = loop;
     self->cfg = cfg;
+    ev_timer_init(&self->output_rebind, on_output_rebind, 0., REBIND_S);
+    {
+        char err[512];
+        if (ac_curve_load(cfg->secret_key_file, NULL, &self->curve, err, sizeof(err)) != 0) {
+            ac_error("%s", err);
+            return AC_ERR_CONFIG;
+        }
+    }
+    /* the ZAP handler first: a CURVE socket bound before it would let every key in */
+    self->keys = bus_keys_new(loop, cfg->db, on_keys_changed, self);
+    if (!self->keys || !(self->zap = bus_zap_new(self)))
+        return AC_ERR_IO;
     self->input = ac_zsock_new(loop, AC_ZSOCK_XSUB);
-    self->output = ac_zsock_new(loop, AC_ZSOCK_XPUB);
-    if (!self->input || !self->output)
+    if (!self->input || output_open(self) != 0)
         return AC_ERR_IO;
     if (ac_zsock_set_hwm(self->input, 1000, (int)cfg->hwm) ||
         ac_zsock_set_maxmsgsize(self->input, cfg->max_msg) ||
-        ac_zsock_set_hwm(self->output, (int)cfg->hwm, 1000) ||
+        ac_zsock_set_curve_server(self->input, &self->curve, BUS_ZAP_INPUT) ||
         ac_zsock_bind(self->input, cfg->input_bind) ||
         ac_zsock_bind(self->output, cfg->output_bind))
         return AC_ERR_IO;
@@ -112,7 +341,6 @@ int bus_setup(bus_t *self, struct ev_loop *loop, const bus_config_t *cfg)
     if (ac_zsock_subscribe(self->input, ""))
         return AC_ERR_IO;
     ac_zsock_on_readable(self->input, on_input, self);
-    ac_zsock_on_readable(self->output, on_output, self);
 
     ev_signal_init(&self->sigint, on_signal, SIGINT);
     ev_signal_init(&self->sigterm, on_signal, SIGTERM);
@@ -129,6 +357,10 @@ void bus_teardown(bus_t *self)
     ev_timer_stop(self->loop, &self->stats);
     ev_signal_stop(self->loop, &self->sigint);
     ev_signal_stop(self->loop, &self->sigterm);
+    ev_timer_stop(self->loop, &self->output_rebind);
     ac_zsock_destroy(&self->output);
     ac_zsock_destroy(&self->input);
+    seen_keys_clear(self);
+    bus_zap_destroy(&self->zap); /* after every CURVE socket */
+    bus_keys_destroy(&self->keys);
 }

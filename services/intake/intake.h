@@ -18,22 +18,33 @@
 #include <ev.h>
 
 #include "ac_auth.h"
+#include "ac_bus.h"
+#include "ac_consumer.h"
 #include "ac_db.h"
 #include "ac_http.h"
 #include "ac_metrics.h"
 #include "ac_outbox.h"
 #include "validate.h"
 
+#define INTAKE_FOLLOW_MAX 16 /* sources intake may follow */
+
 typedef struct intake_config {
-    char *db_conninfo; /* AC_INTAKE_DB (required) */
-    char *http_addr;   /* AC_INTAKE_HTTP_ADDR */
-    int http_port;     /* AC_INTAKE_HTTP_PORT */
-    long db_pool;      /* AC_INTAKE_DB_POOL: connections */
-    long max_body;     /* AC_INTAKE_MAX_BODY: bytes */
-    long batch_max;    /* AC_INTAKE_BATCH_MAX: creates per group-commit transaction */
-    char *bus_input;   /* AC_BUS_INPUT */
-    char *log_level;   /* AC_LOG_LEVEL */
-    char *log_format;  /* AC_LOG_FORMAT: text | json */
+    char *db_conninfo;    /* AC_INTAKE_DB (required) */
+    char *http_addr;      /* AC_INTAKE_HTTP_ADDR */
+    int http_port;        /* AC_INTAKE_HTTP_PORT */
+    long db_pool;         /* AC_INTAKE_DB_POOL: connections */
+    long max_body;        /* AC_INTAKE_MAX_BODY: bytes */
+    long batch_max;       /* AC_INTAKE_BATCH_MAX: creates per group-commit transaction */
+    char *bus_input;      /* AC_BUS_INPUT */
+    char *bus_output;     /* AC_BUS_OUTPUT: where the consumer subscribes */
+    char *bus_replay;     /* AC_BUS_REPLAY: where the consumer replays */
+    char *follow;         /* AC_INTAKE_FOLLOW: comma-separated sources; "" = none */
+    double retention_s;   /* AC_OUTBOX_RETENTION: published outbox rows kept this long */
+    char *bus_server_key; /* AC_BUS_SERVER_KEY: the bus's CURVE public key (Z85) */
+    char *key_file;       /* AC_INTAKE_KEY_FILE: intake's CURVE key pair */
+    ac_curve_t curve;     /* loaded by main() from key_file and bus_server_key */
+    char *log_level;      /* AC_LOG_LEVEL */
+    char *log_format;     /* AC_LOG_FORMAT: text | json */
 } intake_config_t;
 
 /* A request waiting on the database. Embedded first in every async request struct. */
@@ -51,9 +62,13 @@ typedef struct intake {
     ac_db_t *db;                /* owned */
     ac_auth_t *auth;            /* owned */
     ac_outbox_t *outbox;        /* owned */
+    ac_consumer_t *consumer;    /* owned; NULL when AC_INTAKE_FOLLOW names no source */
     ac_http_t *http;            /* owned */
     ac_db_config_t db_cfg;      /* must outlive db */
     ac_outbox_config_t outbox_cfg;
+    ac_consumer_config_t consumer_cfg;
+    char *follow_buf;                          /* owned copy of cfg->follow, split */
+    const char *follow[INTAKE_FOLLOW_MAX + 1]; /* NULL-terminated, into follow_buf */
     ac_http_config_t http_cfg;
     ev_signal sigint, sigterm; /* graceful stop */
     ev_timer stop_deadline;    /* gives requests in flight this long after a signal */

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ac_config.h"
@@ -17,6 +18,12 @@
 #define MIGRATE_WAIT_S 30.0 /* PostgreSQL may still be starting */
 
 extern const ac_migration_t intake_migrations[];
+
+/* Events of the sources in AC_INTAKE_FOLLOW, by payload type. Empty until the services
+ * whose events intake applies exist; events without a route only move the checkpoint. */
+static const ac_consumer_route_t intake_follow_routes[] = {
+    {NULL, NULL},
+};
 
 static const ac_cfg_key_t intake_config_keys[] = {
     {"AC_INTAKE_DB", AC_CFG_STRING, offsetof(intake_config_t, db_conninfo), NULL, 0, 0,
@@ -33,6 +40,18 @@ static const ac_cfg_key_t intake_config_keys[] = {
      "ticket creates per group-commit transaction"},
     {"AC_BUS_INPUT", AC_CFG_STRING, offsetof(intake_config_t, bus_input), "tcp://127.0.0.1:5570", 0,
      0, "the bus daemon's input endpoint"},
+    {"AC_BUS_OUTPUT", AC_CFG_STRING, offsetof(intake_config_t, bus_output), "tcp://127.0.0.1:5571",
+     0, 0, "the bus daemon's output endpoint"},
+    {"AC_BUS_REPLAY", AC_CFG_STRING, offsetof(intake_config_t, bus_replay), "tcp://127.0.0.1:5572",
+     0, 0, "the bus daemon's replay endpoint"},
+    {"AC_INTAKE_FOLLOW", AC_CFG_STRING, offsetof(intake_config_t, follow), "", 0, 0,
+     "comma-separated sources whose events intake applies (e.g. aftercare/dispatch)"},
+    {"AC_BUS_SERVER_KEY", AC_CFG_STRING, offsetof(intake_config_t, bus_server_key), NULL, 0, 0,
+     "the bus's CURVE public key (40 characters of Z85)"},
+    {"AC_INTAKE_KEY_FILE", AC_CFG_STRING, offsetof(intake_config_t, key_file), NULL, 0, 0,
+     "intake's CURVE key file (aftercarectl keys create intake --kind service ...)"},
+    {"AC_OUTBOX_RETENTION", AC_CFG_DURATION, offsetof(intake_config_t, retention_s), "30d", 0,
+     315360000, "how long published events stay replayable (e.g. 30d, 12h; 0 = for ever)"},
     {"AC_LOG_LEVEL", AC_CFG_STRING, offsetof(intake_config_t, log_level), "info", 0, 0,
      "debug, info, warn or error"},
     {"AC_LOG_FORMAT", AC_CFG_STRING, offsetof(intake_config_t, log_format), "text", 0, 0,
@@ -104,6 +123,40 @@ static void on_stop_deadline(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* --- setup / teardown ------------------------------------------------------------------ */
 
+/* The consumer of AC_INTAKE_FOLLOW's sources, checkpoints in intake.consumer_checkpoints;
+ * none when the list is empty. */
+static int intake_follow_setup(intake_t *self)
+{
+    const intake_config_t *cfg = self->cfg;
+    size_t n = 0;
+    if (!(self->follow_buf = strdup(cfg->follow)))
+        return -1;
+    for (char *p = strtok(self->follow_buf, ", "); p; p = strtok(NULL, ", ")) {
+        if (n == INTAKE_FOLLOW_MAX) {
+            ac_error("intake: AC_INTAKE_FOLLOW names more than %d sources", INTAKE_FOLLOW_MAX);
+            return -1;
+        }
+        self->follow[n++] = p;
+    }
+    self->follow[n] = NULL;
+    if (n == 0)
+        return 0;
+    self->consumer_cfg = (ac_consumer_config_t){
+        .name = "intake",
+        .output_endpoint = cfg->bus_output,
+        .replay_endpoint = cfg->bus_replay,
+        .curve = &cfg->curve,
+        .sources = self->follow,
+        .routes = intake_follow_routes,
+        .arg = self,
+        .db = self->db,
+        .schema = "intake",
+        .metrics = self->metrics,
+    };
+    self->consumer = ac_consumer_new(self->loop, &self->consumer_cfg);
+    return self->consumer ? 0 : -1;
+}
+
 static int intake_setup(intake_t *self, struct ev_loop *loop, const intake_config_t *cfg)
 {
     memset(self, 0, sizeof *self);
@@ -112,7 +165,8 @@ static int intake_setup(intake_t *self, struct ev_loop *loop, const intake_confi
 
     if (ac_db_migrate(cfg->db_conninfo, "intake", "intake", intake_migrations, MIGRATE_WAIT_S) <
             0 ||
-        ac_outbox_migrate(cfg->db_conninfo, "intake", MIGRATE_WAIT_S) < 0) {
+        ac_outbox_migrate(cfg->db_conninfo, "intake", MIGRATE_WAIT_S) < 0 ||
+        ac_consumer_migrate(cfg->db_conninfo, "intake", MIGRATE_WAIT_S) < 0) {
         ac_error("intake: database migrations failed");
         return -1;
     }
@@ -141,9 +195,13 @@ static int intake_setup(intake_t *self, struct ev_loop *loop, const intake_confi
         .schema = "intake",
         .source = "aftercare/intake",
         .bus_endpoint = cfg->bus_input,
+        .retention_s = cfg->retention_s,
+        .curve = &cfg->curve,
         .metrics = self->metrics,
     };
     if (!(self->outbox = ac_outbox_new(loop, &self->outbox_cfg)))
+        return -1;
+    if (intake_follow_setup(self) != 0)
         return -1;
 
     self->http_cfg = (ac_http_config_t){
@@ -182,6 +240,9 @@ static void intake_teardown(intake_t *self)
     if (self->ops.next)
         intake_ops_abort(self);
     ac_http_destroy(&self->http);
+    ac_consumer_destroy(&self->consumer); /* its transaction in flight rolls back */
+    free(self->follow_buf);
+    self->follow_buf = NULL;
     ac_outbox_destroy(&self->outbox);
     ac_auth_destroy(&self->auth);
     ac_db_destroy(&self->db); /* the calls still in flight end here, unanswered */
@@ -204,6 +265,11 @@ int main(void)
     }
     if (ac_log_setup("intake", cfg.log_level, cfg.log_format, err, sizeof(err)) != 0) {
         fprintf(stderr, "aftercare-intake: %s\n", err);
+        ac_config_free(&cfg, intake_config_keys);
+        return 2;
+    }
+    if (ac_curve_load(cfg.key_file, cfg.bus_server_key, &cfg.curve, err, sizeof(err)) != 0) {
+        fprintf(stderr, "aftercare-intake: %s (AC_INTAKE_KEY_FILE, AC_BUS_SERVER_KEY)\n", err);
         ac_config_free(&cfg, intake_config_keys);
         return 2;
     }

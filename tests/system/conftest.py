@@ -49,11 +49,11 @@ def tmp_root():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _start_stack(tmp_root, name):
+def _start_stack(tmp_root, name, **kw):
     workdir = os.path.join(tmp_root, name)
     os.makedirs(workdir, exist_ok=True)
     os.chmod(workdir, 0o755)
-    stack = helpers.Stack(workdir, name)
+    stack = helpers.Stack(workdir, name, **kw)
     _live_stacks.append(stack)
     try:
         stack.start()
@@ -127,9 +127,10 @@ def make_stack(tmp_root, request):
     """Factory for private stacks (own PostgreSQL, bus, intake) for destructive tests."""
     made = []
 
-    def make(name=None):
+    def make(name=None, **kw):
+        """kw: bus_env / intake_env, extra environment for the daemons."""
         name = name or "%s-%d" % (request.node.name.split("[")[0], len(made))
-        stack = _start_stack(tmp_root, name)
+        stack = _start_stack(tmp_root, name, **kw)
         made.append(stack)
         return stack
 

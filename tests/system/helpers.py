@@ -316,15 +316,75 @@ class Daemon:
             return ""
 
 
+class Keys:
+    """CURVE key pairs for one stack, written as key files (mode 0600) under workdir/keys.
+    `bus` is the bus's server key; others are registered in auth.bus_keys by register()."""
+
+    def __init__(self, workdir):
+        self.dir = os.path.join(workdir, "keys")
+        os.makedirs(self.dir, exist_ok=True)
+        self.pairs = {}  # name -> (public, secret) as text
+        self.bus = self.make("bus")
+
+    def make(self, name):
+        public, secret = zmq.curve_keypair()
+        pair = (public.decode(), secret.decode())
+        self.pairs[name] = pair
+        path = self.path(name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("# system test key %s\npublic-key = %s\nsecret-key = %s\n" % (name, *pair))
+        return pair
+
+    def path(self, name):
+        return os.path.join(self.dir, name + ".key")
+
+    def public(self, name):
+        return self.pairs[name][0]
+
+    def register(self, db, name, kind="subscriber", source=None, topics=()):
+        """Creates the pair if needed and allows it on the bus (auth.bus_keys)."""
+        if name not in self.pairs:
+            self.make(name)
+        db.rows("INSERT INTO auth.bus_keys (public_key, name, kind, source, topics) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (self.public(name), name, kind, source, list(topics)))
+        return self.pairs[name]
+
+    def client(self, name):
+        """(public, secret, server) for a ZeroMQ client socket."""
+        public, secret = self.pairs[name]
+        return public, secret, self.bus[0]
+
+
+def curve_client(sock, curve):
+    """Makes sock a CURVE client: curve = (public, secret, server public), as text."""
+    if curve is None:
+        return
+    public, secret, server = curve
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, public.encode())
+    sock.setsockopt(zmq.CURVE_SECRETKEY, secret.encode())
+    sock.setsockopt(zmq.CURVE_SERVERKEY, server.encode())
+
+
 class Bus(Daemon):
-    def __init__(self, log_dir, name="bus"):
+    def __init__(self, log_dir, conninfo, key_file, name="bus", extra_env=None):
         self.input_port = free_port(NET_PORTS)
         self.output_port = free_port(NET_PORTS)
-        super().__init__(name, [BUS_BIN], {
+        self.replay_port = free_port(NET_PORTS)
+        self.http_port = free_port(NET_PORTS)
+        env = {
+            "AC_BUS_DB": conninfo,
+            "AC_BUS_SECRET_KEY_FILE": key_file,
             "AC_BUS_INPUT_BIND": "tcp://127.0.0.1:%d" % self.input_port,
             "AC_BUS_OUTPUT_BIND": "tcp://127.0.0.1:%d" % self.output_port,
+            "AC_BUS_REPLAY_BIND": "tcp://127.0.0.1:%d" % self.replay_port,
+            "AC_BUS_HTTP_ADDR": "127.0.0.1",
+            "AC_BUS_HTTP_PORT": str(self.http_port),
             "AC_LOG_LEVEL": "info",
-        }, log_dir)
+        }
+        env.update(extra_env or {})
+        super().__init__(name, [BUS_BIN], env, log_dir)
 
     @property
     def input(self):
@@ -333,6 +393,14 @@ class Bus(Daemon):
     @property
     def output(self):
         return "tcp://127.0.0.1:%d" % self.output_port
+
+    @property
+    def replay(self):
+        return "tcp://127.0.0.1:%d" % self.replay_port
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.http_port
 
     def wait_ready(self, timeout=20):
         def ready():
@@ -344,18 +412,23 @@ class Bus(Daemon):
 
     def destroy(self):
         self.stop()
-        release_port(self.input_port)
-        release_port(self.output_port)
+        for port in (self.input_port, self.output_port, self.replay_port, self.http_port):
+            release_port(port)
 
 
 class Intake(Daemon):
-    def __init__(self, log_dir, conninfo, bus_input, name="intake", extra_env=None):
+    def __init__(self, log_dir, conninfo, bus, keys, name="intake", extra_env=None):
+        """bus: the Bus daemon (its endpoints); keys: the stack's Keys (key "intake")."""
         self.http_port = free_port(NET_PORTS)
         env = {
             "AC_INTAKE_DB": conninfo,
             "AC_INTAKE_HTTP_ADDR": "127.0.0.1",
             "AC_INTAKE_HTTP_PORT": str(self.http_port),
-            "AC_BUS_INPUT": bus_input,
+            "AC_BUS_INPUT": bus.input,
+            "AC_BUS_OUTPUT": bus.output,
+            "AC_BUS_REPLAY": bus.replay,
+            "AC_BUS_SERVER_KEY": keys.bus[0],
+            "AC_INTAKE_KEY_FILE": keys.path("intake"),
             "AC_LOG_LEVEL": "info",
         }
         env.update(extra_env or {})
@@ -535,9 +608,11 @@ class Msg:
 class Subscriber:
     """A SUB socket on the bus output; a background thread collects every message."""
 
-    def __init__(self, endpoint, prefix=b""):
+    def __init__(self, endpoint, prefix=b"", curve=None):
+        """curve: (public, secret, server public) for a CURVE client, or None."""
         self.endpoint = endpoint
         self.prefix = prefix
+        self.curve = curve
         self.msgs = []
         self.cond = threading.Condition()
         self._stop = False
@@ -556,6 +631,7 @@ class Subscriber:
             sock.setsockopt(zmq.RCVHWM, 0)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SUBSCRIBE, self.prefix)
+            curve_client(sock, self.curve)
             sock.connect(self.endpoint)
         except Exception as e:  # noqa: BLE001
             self._error = e
@@ -650,7 +726,10 @@ class Subscriber:
 class Stack:
     """PostgreSQL + bus + intake, with a token per role and a probe customer."""
 
-    def __init__(self, workdir, name="stack"):
+    def __init__(self, workdir, name="stack", bus_env=None, intake_env=None):
+        """bus_env / intake_env: extra environment for the daemons (e.g. retention)."""
+        self.bus_env = bus_env
+        self.intake_env = intake_env
         self.name = name
         self.workdir = workdir
         self.log_dir = os.path.join(workdir, "logs")
@@ -659,6 +738,7 @@ class Stack:
         self.bus = None
         self.intake = None
         self.db = None
+        self.keys = None
         self.tokens = {}
         self._apis = {}
         self.probe_customer = None
@@ -672,10 +752,15 @@ class Stack:
         self.db = Db(self.pg)
         for role in ROLES:
             self.tokens[role] = insert_token(self.db, role)
-        self.bus = Bus(self.log_dir)
+        self.keys = Keys(self.workdir)
+        self.keys.register(self.db, "intake", "service", SOURCE)
+        self.keys.register(self.db, "systest")  # subscriber, every topic
+        self.bus = Bus(self.log_dir, self.pg.env["AC_BUS_DB"], self.keys.path("bus"),
+                       extra_env=self.bus_env)
         self.bus.start()
         self.bus.wait_ready()
-        self.intake = Intake(self.log_dir, self.pg.env["AC_INTAKE_DB"], self.bus.input)
+        self.intake = Intake(self.log_dir, self.pg.env["AC_INTAKE_DB"], self.bus, self.keys,
+                             extra_env=self.intake_env)
         self.intake.probe_token = self.tokens["agent"]
         self.intake.start()
         self.intake.wait_ready()
@@ -696,9 +781,9 @@ class Stack:
         t = api.new_ticket(self.probe_customer["id"], description="probe " + unique("p"))
         return t["number"]
 
-    def subscriber(self, prefix=b"", timeout=20):
+    def subscriber(self, prefix=b"", timeout=20, key="systest"):
         """A subscriber that is known to receive: a probe ticket's event has arrived."""
-        sub = Subscriber(self.bus.output, prefix)
+        sub = Subscriber(self.bus.output, prefix, self.keys.client(key))
         self.subscribers.append(sub)
         self.await_flow(sub, timeout)
         return sub
@@ -742,6 +827,12 @@ class Stack:
                 if marker in text:
                     out.append("%s: %s" % (d.name, marker))
         return out
+
+
+def ctl_bus_env(stack, key="systest"):
+    """Environment for `aftercarectl events ...` on stack's bus with the CURVE key `key`."""
+    return {"AC_BUS_SERVER_KEY": stack.keys.bus[0], "AC_CTL_KEY_FILE": stack.keys.path(key),
+            "AC_BUS_OUTPUT": stack.bus.output, "AC_BUS_REPLAY": stack.bus.replay}
 
 
 # --------------------------------------------------------------------------- assertions

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helpers import CTL_BIN, NUMBER_RE, unique, wait_until
+from helpers import CTL_BIN, NUMBER_RE, ctl_bus_env, unique, wait_until
 
 
 def ctl(stack, *args, token=None, timeout=30, env_extra=None):
@@ -102,6 +102,7 @@ def test_ticket_create_idempotency_key(stack, cli_token):
 
 def test_events_tail_json(stack, cli_token):
     env = dict(os.environ)
+    env.update(ctl_bus_env(stack))
     tail = subprocess.Popen([CTL_BIN, "events", "tail", "--json", "--count", "3",
                              "--endpoint", stack.bus.output, "--topic", "ticket."],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -139,3 +140,27 @@ def test_events_tail_json(stack, cli_token):
         assert snap["number"] == t["number"] and snap["id"] == t["id"]
         assert snap["urgency"] in ("URGENCY_CRITICAL", "critical")
         assert snap["priority"] in ("PRIORITY_P1", "P1")
+
+
+def test_events_tail_needs_curve_keys(stack, tmp_path):
+    """Without a key file or the bus's public key the tail says what is missing (exit 2);
+    an unreadable key file is an error naming it (exit 1); --from is checked."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("AC_CTL_KEY_FILE", "AC_BUS_SERVER_KEY")}
+
+    def tail(*args, **env):
+        return subprocess.run([CTL_BIN, "events", "tail", "--count", "1"] + list(args),
+                              env=dict(base, **env), capture_output=True, text=True, timeout=10,
+                              stdin=subprocess.DEVNULL)
+
+    good = ctl_bus_env(stack)
+    p = tail(AC_BUS_SERVER_KEY=good["AC_BUS_SERVER_KEY"])
+    assert p.returncode == 2 and p.stdout == "" and "AC_CTL_KEY_FILE" in p.stderr, p.stderr
+    p = tail(AC_CTL_KEY_FILE=good["AC_CTL_KEY_FILE"])
+    assert p.returncode == 2 and "AC_BUS_SERVER_KEY" in p.stderr, p.stderr
+    missing = str(tmp_path / "nope.key")
+    p = tail("--key-file", missing, AC_BUS_SERVER_KEY=good["AC_BUS_SERVER_KEY"])
+    assert p.returncode == 1 and missing in p.stderr, p.stderr
+    for bad in ("aftercare/intake", "aftercare/intake:0", ":5", "aftercare/intake:x"):
+        p = tail("--from", bad, **good)
+        assert p.returncode == 2 and "--from" in p.stderr, (bad, p.stderr)

@@ -97,7 +97,7 @@ def test_relay_connection_cut_after_commit_loses_no_event(make_stack):
     try:
         conninfo = re.sub(r"port=\d+", "port=%d" % proxy.port, stack.pg.env["AC_INTAKE_DB"])
         stack.intake.destroy()
-        stack.intake = helpers.Intake(stack.log_dir, conninfo, stack.bus.input,
+        stack.intake = helpers.Intake(stack.log_dir, conninfo, stack.bus, stack.keys,
                                       name="intake-proxied")
         stack.intake.probe_token = stack.tokens["agent"]
         stack.intake.start()

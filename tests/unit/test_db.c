@@ -330,6 +330,35 @@ static void test_commit_returns_results(void **state)
     assert_int_equal(st.reconnects, 1);
 }
 
+static void test_binary_results(void **state)
+{
+    fixture_t *fx = *state;
+    pool_open(fx, 1, "");
+    ac_db_txn_t *t = ac_db_txn_new(fx->db, 0);
+    assert_non_null(t);
+    const char *v[] = {"258"};
+    assert_int_equal(ac_db_txn_add_sql(t, "SELECT $1::bigint", 1, v, NULL, NULL), 0);
+    ac_db_txn_set_binary_results(t, 1);
+    assert_int_equal(ac_db_txn_add_sql(t, "SELECT $1::bigint, '\\x00ff01'::bytea, 'txt'::text", 1,
+                                       v, NULL, NULL),
+                     0);
+    outcome_t o = {0};
+    assert_int_equal(ac_db_txn_flush(t, on_outcome, &o), 0);
+    RUN_UNTIL(fx->loop, o.ncalls == 1);
+    assert_int_equal(o.err, 0);
+    PGresult *text = ac_db_txn_result(t, 0), *bin = ac_db_txn_result(t, 1);
+    assert_int_equal(PQfformat(text, 0), 0); /* added before the switch: text */
+    assert_string_equal(PQgetvalue(text, 0, 0), "258");
+    assert_int_equal(PQfformat(bin, 0), 1);
+    assert_int_equal(PQgetlength(bin, 0, 0), 8);
+    assert_memory_equal(PQgetvalue(bin, 0, 0), "\0\0\0\0\0\0\x01\x02", 8);
+    assert_int_equal(PQgetlength(bin, 0, 1), 3);
+    assert_memory_equal(PQgetvalue(bin, 0, 1), "\x00\xff\x01", 3);
+    assert_int_equal(PQgetlength(bin, 0, 2), 3);
+    assert_memory_equal(PQgetvalue(bin, 0, 2), "txt", 3);
+    ac_db_txn_free(&t);
+}
+
 static void test_flush_then_commit(void **state)
 {
     fixture_t *fx = *state;
@@ -764,6 +793,7 @@ int main(void)
         cmocka_unit_test(test_migrate),
         cmocka_unit_test_setup_teardown(test_commit_returns_results, fixture_setup,
                                         fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_binary_results, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_flush_then_commit, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_sql_error_rolls_back, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_free_unfinished_rolls_back, fixture_setup,

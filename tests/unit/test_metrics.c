@@ -46,6 +46,25 @@ static void test_counter_with_and_without_labels(void **state)
     ac_metrics_destroy(&m);
 }
 
+static void test_counter_set_to_a_kept_count(void **state)
+{
+    ac_metrics_t *m = ac_metrics_new("q");
+    assert_int_equal(ac_metrics_declare(m, "sent_total", AC_METRIC_COUNTER, "Sent"), 0);
+    ac_metrics_set_counter(m, "sent_total", "to=\"a\"", 41);
+    ac_metrics_set_counter(m, "sent_total", "to=\"a\"", 42); /* replaces, does not add */
+    ac_metrics_set_counter(m, "sent_total", NULL, 3);
+    ac_metrics_add(m, "sent_total", NULL, 1);
+    assert_int_equal(ac_metrics_declare(m, "level", AC_METRIC_GAUGE, "A gauge"), 0);
+    ac_metrics_set_counter(m, "level", NULL, 9); /* not a counter: dropped, logged */
+    assert_render(m, "# HELP q_level A gauge\n"
+                     "# TYPE q_level gauge\n"
+                     "# HELP q_sent_total Sent\n"
+                     "# TYPE q_sent_total counter\n"
+                     "q_sent_total 4\n"
+                     "q_sent_total{to=\"a\"} 42\n");
+    ac_metrics_destroy(&m);
+}
+
 static void test_gauge_set_and_add(void **state)
 {
     ac_metrics_t *m = ac_metrics_new("p");
@@ -185,6 +204,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_empty_registry_renders_nothing),
         cmocka_unit_test(test_counter_with_and_without_labels),
+        cmocka_unit_test(test_counter_set_to_a_kept_count),
         cmocka_unit_test(test_gauge_set_and_add),
         cmocka_unit_test(test_histogram_buckets_are_cumulative),
         cmocka_unit_test(test_histogram_without_labels),

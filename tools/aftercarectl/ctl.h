@@ -1,9 +1,9 @@
 /* ctl.h — aftercarectl, the operator's command line: the pieces its command modules share.
  *
  * main.c parses the global options and dispatches through a command table; each command
- * module (ticket.c, token.c, events.c) parses its own options with getopt_long and
+ * module (ticket.c, token.c, keys.c, events.c) parses its own options with getopt_long and
  * returns an exit status. http.c is the libcurl client for the services' JSON APIs,
- * store.c the tool's own libpq access to auth.tokens.
+ * store.c the tool's own libpq access to auth.tokens and auth.bus_keys.
  *
  * Exit statuses: 0 success, 1 the operation failed (HTTP error, connection refused,
  * database error), 2 usage error (unknown command or option, missing argument). */
@@ -42,7 +42,12 @@ int ctl_ticket_list(ctl_globals_t *g, int argc, char **argv);
 int ctl_token_create(ctl_globals_t *g, int argc, char **argv);
 int ctl_token_list(ctl_globals_t *g, int argc, char **argv);
 int ctl_token_revoke(ctl_globals_t *g, int argc, char **argv);
+int ctl_keys_create(ctl_globals_t *g, int argc, char **argv);
+int ctl_keys_allow(ctl_globals_t *g, int argc, char **argv);
+int ctl_keys_revoke(ctl_globals_t *g, int argc, char **argv);
+int ctl_keys_list(ctl_globals_t *g, int argc, char **argv);
 int ctl_events_tail(ctl_globals_t *g, int argc, char **argv);
+int ctl_events_stats(ctl_globals_t *g, int argc, char **argv);
 
 /* "aftercarectl: <message>\n" on stderr. */
 void ctl_err(const char *fmt, ...) AC_PRINTF(1, 2);
@@ -93,5 +98,29 @@ int ctl_store_token_list(ctl_store_t *self, void (*fn)(const ctl_token_row_t *ro
 /* Revokes every active token called name; *n_revoked says how many.
  * 0, AC_ERR_NOTFOUND (no such name), AC_ERR_CONFLICT (all already revoked), AC_ERR_DB. */
 int ctl_store_token_revoke(ctl_store_t *self, const char *name, size_t *n_revoked) AC_WUR;
+
+/* --- store.c: auth.bus_keys (CURVE public keys allowed on the bus) --------------------- */
+typedef struct ctl_key_row {
+    const char *public_key; /* borrowed: valid during the callback only */
+    const char *name;
+    const char *kind;   /* "service" | "subscriber" */
+    const char *source; /* NULL for subscribers */
+    const char *topics; /* comma-separated prefixes; "" = every topic */
+    const char *created_at;
+    const char *revoked_at; /* NULL when live */
+} ctl_key_row_t;
+
+/* topics: NULL-terminated prefixes (may be empty); source NULL for subscribers.
+ * 0, AC_ERR_CONFLICT (a live key has that name), AC_ERR_INVALID (that public key is already
+ * registered, live or revoked: *owner names it, borrowed until the next call), AC_ERR_DB. */
+int ctl_store_key_insert(ctl_store_t *self, const char *public_key, const char *name,
+                         const char *kind, const char *source, const char *const *topics,
+                         char *owner, size_t owner_len) AC_WUR;
+/* Calls fn for every key, oldest first. 0 or AC_ERR_DB (printed). */
+int ctl_store_key_list(ctl_store_t *self, void (*fn)(const ctl_key_row_t *row, void *arg),
+                       void *arg) AC_WUR;
+/* Revokes the live key called name. 0, AC_ERR_NOTFOUND (no key ever had that name),
+ * AC_ERR_CONFLICT (only revoked ones), AC_ERR_DB. */
+int ctl_store_key_revoke(ctl_store_t *self, const char *name) AC_WUR;
 
 #endif

@@ -27,7 +27,12 @@ static const ctl_command_t ctl_commands[] = {
     {"token", "create", ctl_token_create, "create an API token and print it"},
     {"token", "list", ctl_token_list, "list API tokens (never the tokens themselves)"},
     {"token", "revoke", ctl_token_revoke, "revoke an API token by name"},
+    {"keys", "create", ctl_keys_create, "make a CURVE key pair and allow it on the bus"},
+    {"keys", "allow", ctl_keys_allow, "allow on the bus a public key made elsewhere"},
+    {"keys", "revoke", ctl_keys_revoke, "revoke a bus key by name (no bus restart)"},
+    {"keys", "list", ctl_keys_list, "list bus keys, live and revoked"},
     {"events", "tail", ctl_events_tail, "print events from the bus as they happen"},
+    {"events", "stats", ctl_events_stats, "the bus's figures: sequences, rates, replays, drops"},
     {NULL, NULL, NULL, NULL},
 };
 
@@ -81,7 +86,7 @@ static void print_usage(FILE *out)
           "  -u, --url URL        intake base URL (env AC_INTAKE_URL, default " CTL_DEFAULT_URL
           ")\n"
           "  -t, --token TOKEN    bearer token for the HTTP APIs (env AC_TOKEN)\n"
-          "      --db CONNINFO    libpq conninfo for token commands (env AC_ADMIN_DB)\n"
+          "      --db CONNINFO    libpq conninfo for token and keys commands (env AC_ADMIN_DB)\n"
           "  -h, --help           this help; 'aftercarectl COMMAND --help' for a command\n"
           "  -V, --version        print the version\n"
           "\n"

@@ -1,6 +1,7 @@
-/* store.c — aftercarectl's own database access: auth.tokens (deploy/pg-bootstrap.sql),
- * as ac_admin. A command-line tool may block, so this is plain synchronous libpq; the
- * services' token caches hear about every change through the table's NOTIFY trigger. */
+/* store.c — aftercarectl's own database access: auth.tokens and auth.bus_keys
+ * (deploy/pg-bootstrap.sql), as ac_admin. A command-line tool may block, so this is plain
+ * synchronous libpq; the services' token caches hear about every change through the table's NOTIFY
+ * trigger. */
 #include "ctl.h"
 
 #include <libpq-fe.h>
@@ -30,6 +31,29 @@ static const char SQL_TOKEN_REVOKE[] =
     "UPDATE auth.tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL";
 
 static const char SQL_TOKEN_EXISTS[] = "SELECT 1 FROM auth.tokens WHERE name = $1 LIMIT 1";
+
+/* $5 is a text[] literal built by topics_literal(). At most one live key has a name; a
+ * public key is never registered twice (a revoked key stays revoked). */
+static const char SQL_KEY_INSERT[] =
+    "INSERT INTO auth.bus_keys (public_key, name, kind, source, topics) "
+    "SELECT $1, $2, $3, $4, $5::text[] WHERE NOT EXISTS "
+    "(SELECT 1 FROM auth.bus_keys WHERE name = $2 AND revoked_at IS NULL) "
+    "ON CONFLICT (public_key) DO NOTHING RETURNING public_key";
+
+static const char SQL_KEY_OWNER[] =
+    "SELECT name || CASE WHEN revoked_at IS NULL THEN '' ELSE ' (revoked)' END "
+    "FROM auth.bus_keys WHERE public_key = $1";
+
+static const char SQL_KEY_LIST[] =
+    "SELECT public_key, name, kind, source, array_to_string(topics, ','), "
+    "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+    "to_char(revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+    "FROM auth.bus_keys ORDER BY created_at, name";
+
+static const char SQL_KEY_REVOKE[] =
+    "UPDATE auth.bus_keys SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL";
+
+static const char SQL_KEY_EXISTS[] = "SELECT 1 FROM auth.bus_keys WHERE name = $1 LIMIT 1";
 
 /* The first line of libpq's message (they end in a newline, sometimes with DETAIL). */
 static void print_pq_error(const char *what, const char *msg)
@@ -121,6 +145,95 @@ int ctl_store_token_revoke(ctl_store_t *self, const char *name, size_t *n_revoke
         return 0;
 
     res = exec(self, SQL_TOKEN_EXISTS, 1, params, PGRES_TUPLES_OK);
+    if (res == NULL)
+        return AC_ERR_DB;
+    int rc = PQntuples(res) > 0 ? AC_ERR_CONFLICT : AC_ERR_NOTFOUND;
+    PQclear(res);
+    return rc;
+}
+
+/* {"a","b"} as a text[] literal; the caller has validated the prefixes (no quotes,
+ * backslashes, commas or braces), so plain quoting suffices. malloc'ed, NULL on OOM. */
+static char *topics_literal(const char *const *topics)
+{
+    size_t len = 3;
+    for (size_t i = 0; topics[i] != NULL; i++)
+        len += strlen(topics[i]) + 3;
+    char *out = malloc(len), *p = out;
+    if (out == NULL)
+        return NULL;
+    *p++ = '{';
+    for (size_t i = 0; topics[i] != NULL; i++)
+        p += sprintf(p, "%s\"%s\"", i > 0 ? "," : "", topics[i]);
+    *p++ = '}';
+    *p = '\0';
+    return out;
+}
+
+int ctl_store_key_insert(ctl_store_t *self, const char *public_key, const char *name,
+                         const char *kind, const char *source, const char *const *topics,
+                         char *owner, size_t owner_len)
+{
+    char *literal = topics_literal(topics);
+    if (literal == NULL) {
+        ctl_err("out of memory");
+        return AC_ERR_NOMEM;
+    }
+    const char *params[] = {public_key, name, kind, source, literal};
+    PGresult *res = exec(self, SQL_KEY_INSERT, 5, params, PGRES_TUPLES_OK);
+    free(literal);
+    if (res == NULL)
+        return AC_ERR_DB;
+    int inserted = PQntuples(res) == 1;
+    PQclear(res);
+    if (inserted)
+        return 0;
+    /* not inserted: the public key is known already, or the name is taken */
+    res = exec(self, SQL_KEY_OWNER, 1, params, PGRES_TUPLES_OK);
+    if (res == NULL)
+        return AC_ERR_DB;
+    int rc = AC_ERR_CONFLICT;
+    if (PQntuples(res) == 1) {
+        snprintf(owner, owner_len, "%s", PQgetvalue(res, 0, 0));
+        rc = AC_ERR_INVALID;
+    }
+    PQclear(res);
+    return rc;
+}
+
+int ctl_store_key_list(ctl_store_t *self, void (*fn)(const ctl_key_row_t *row, void *arg),
+                       void *arg)
+{
+    PGresult *res = exec(self, SQL_KEY_LIST, 0, NULL, PGRES_TUPLES_OK);
+    if (res == NULL)
+        return AC_ERR_DB;
+    for (int i = 0; i < PQntuples(res); i++) {
+        ctl_key_row_t row = {
+            .public_key = PQgetvalue(res, i, 0),
+            .name = PQgetvalue(res, i, 1),
+            .kind = PQgetvalue(res, i, 2),
+            .source = PQgetisnull(res, i, 3) ? NULL : PQgetvalue(res, i, 3),
+            .topics = PQgetvalue(res, i, 4),
+            .created_at = PQgetvalue(res, i, 5),
+            .revoked_at = PQgetisnull(res, i, 6) ? NULL : PQgetvalue(res, i, 6),
+        };
+        fn(&row, arg);
+    }
+    PQclear(res);
+    return 0;
+}
+
+int ctl_store_key_revoke(ctl_store_t *self, const char *name)
+{
+    const char *params[] = {name};
+    PGresult *res = exec(self, SQL_KEY_REVOKE, 1, params, PGRES_COMMAND_OK);
+    if (res == NULL)
+        return AC_ERR_DB;
+    unsigned long n = strtoul(PQcmdTuples(res), NULL, 10);
+    PQclear(res);
+    if (n > 0)
+        return 0;
+    res = exec(self, SQL_KEY_EXISTS, 1, params, PGRES_TUPLES_OK);
     if (res == NULL)
         return AC_ERR_DB;
     int rc = PQntuples(res) > 0 ? AC_ERR_CONFLICT : AC_ERR_NOTFOUND;
