@@ -29,6 +29,7 @@ typedef enum {
     AC_ZSOCK_ROUTER,
     AC_ZSOCK_DEALER,
     AC_ZSOCK_REP,
+    AC_ZSOCK_PAIR,
 } ac_zsock_type_t;
 
 #define AC_FRAMES_MAX  8
@@ -72,7 +73,8 @@ int ac_curve_key_to_z85(const uint8_t *raw, size_t len, char out[AC_KEY_Z85_LEN 
  * On failure returns AC_ERR_CONFIG/AC_ERR_IO and writes a message naming the file. */
 int ac_curve_load(const char *key_file, const char *server_key, ac_curve_t *out, char *err,
                   size_t errlen) AC_WUR;
-/* Writes a key file (mode 0600, refuses to overwrite). comment may be NULL. */
+/* Writes a key file (mode 0600, refuses to overwrite). comment may be NULL. On failure
+ * the file is removed if this call created it, and only then (an existing file is kept). */
 int ac_curve_write(const char *key_file, const ac_curve_t *keys, const char *comment, char *err,
                    size_t errlen) AC_WUR;
 
@@ -106,6 +108,43 @@ void ac_zsock_on_writable(ac_zsock_t *s, ac_zsock_fn cb, void *arg);
 int ac_zsock_recv(ac_zsock_t *s, ac_frames_t *out) AC_WUR;
 /* Non-blocking multipart send. 0, AC_ERR_AGAIN (HWM reached), AC_ERR_IO. */
 int ac_zsock_send(ac_zsock_t *s, const void *const *data, const size_t *len, size_t n) AC_WUR;
+
+/* Zero-copy forwarding of one message from `from` to `to`. check() sees the message in *f,
+ * whose data point into ZeroMQ's own buffers (borrowed: valid during the call only, not
+ * NUL-terminated; never pass f to ac_frames_clear()); it returns 1 to send exactly those
+ * frames on `to`, 0 to drop them. Frames beyond AC_FRAMES_MAX are counted in f->n but not
+ * shown, and such a message is never sent. Returns AC_ERR_AGAIN when nothing was waiting,
+ * AC_ERR_IO on a receive error, else 0 with *forwarded = 1 when `to` took the message
+ * (a PUB/XPUB takes everything; a subscriber whose queue is full misses it) and 0 when
+ * check() or the send refused it; then *send_rc (may be NULL) holds the send's
+ * AC_ERR_AGAIN/AC_ERR_IO, or 0 when check() refused. */
+typedef int (*ac_zsock_check_fn)(const ac_frames_t *f, void *arg);
+int ac_zsock_forward(ac_zsock_t *from, ac_zsock_t *to, ac_zsock_check_fn check, void *arg,
+                     int *forwarded, int *send_rc) AC_WUR;
+
+/* --- connection events (a ZeroMQ socket monitor) ------------------------------------------
+ * libzmq's own event numbers (checked against <zmq.h> in bus.c). value is, per event:
+ * ACCEPTED, DISCONNECTED: the connection's file descriptor (a name only: it may be closed
+ * and reused by the time the event is read); HANDSHAKE_FAILED_NO_DETAIL: an errno (the peer
+ * left or the handshake timed out); HANDSHAKE_FAILED_PROTOCOL: an AC_ZPROTO_* code;
+ * HANDSHAKE_FAILED_AUTH: the ZAP status (300, 400, 500); HANDSHAKE_SUCCEEDED: nothing. */
+#define AC_ZEVENT_ACCEPTED                   0x0020
+#define AC_ZEVENT_DISCONNECTED               0x0200
+#define AC_ZEVENT_HANDSHAKE_FAILED_NO_DETAIL 0x0800
+#define AC_ZEVENT_HANDSHAKE_SUCCEEDED        0x1000
+#define AC_ZEVENT_HANDSHAKE_FAILED_PROTOCOL  0x2000
+#define AC_ZEVENT_HANDSHAKE_FAILED_AUTH      0x4000
+/* HANDSHAKE_FAILED_PROTOCOL values (a few of libzmq's ZMQ_PROTOCOL_ERROR_*) */
+#define AC_ZPROTO_ZMTP_CRYPTOGRAPHIC      0x11000001u /* a CURVE box did not open: wrong keys */
+#define AC_ZPROTO_ZMTP_MECHANISM_MISMATCH 0x11000002u /* the peer is not CURVE */
+#define AC_ZPROTO_ZAP_FIRST               0x20000000u /* 0x2000000x: the ZAP handler's answer */
+
+typedef void (*ac_zsock_event_fn)(void *arg, int event, uint32_t value, const char *endpoint);
+/* Watches s's connections: cb runs on the loop for each event in the mask events (an OR of
+ * AC_ZEVENT_*), in the order libzmq emitted them. The monitor (an inproc PAIR with a name
+ * of its own) belongs to s and ends with ac_zsock_destroy(s); cb must not destroy s. One
+ * monitor per socket. AC_ERR_IO on failure (logged). */
+int ac_zsock_monitor(ac_zsock_t *s, int events, ac_zsock_event_fn cb, void *arg) AC_WUR;
 
 /* --- publisher: a service's connection to the bus input ------------------------------- */
 typedef struct ac_bus_pub ac_bus_pub_t;

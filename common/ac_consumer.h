@@ -42,6 +42,12 @@
  *     and the failing event retried with backoff until a person fixes it.
  * A handler that returns AC_ERR_INVALID or AC_ERR_PROTO (the event cannot be used) gets
  * the same dead-letter record at once; any other error retries the batch with backoff.
+ * With topic filters, the checkpoint also moves past ranges of other topics without any
+ * event (every few seconds, or at once when a window's worth was passed over).
+ * Limitation: a checkpoint row is keyed by source only, not by consumer. One schema holds
+ * the position of ONE consumer per source: two different consumers (other topics, other
+ * handlers) of the same source must use different schemas, or they would share (and
+ * fight over) one checkpoint. Two instances of the same consumer sharing it is intended.
  *
  * Memory mode (db NULL): positions come from `starts` (source -> next sequence) and live
  * in memory; the handler runs with txn == NULL as each event comes in order; its errors

@@ -37,6 +37,19 @@ int ac_event_pack(const Aftercare__V1__Envelope *env, uint8_t **buf_out, size_t 
 int ac_event_topic_from_type(const char *type, char *out, size_t len) AC_WUR;
 /* Writes bytes + field 6 (sequence) into out (len + 11 bytes room); returns new length. */
 size_t ac_event_append_sequence(const uint8_t *bytes, size_t len, uint64_t sequence, uint8_t *out);
+/* The header fields the bus checks, read from an envelope's wire bytes without decoding
+ * it (ac_event_peek()). Strings point into the bytes (not NUL-terminated); "last one
+ * wins" for repeated fields, as in any protobuf decoder. */
+typedef struct ac_event_peek {
+    const uint8_t *source, *type;
+    size_t source_len, type_len;
+    uint64_t sequence;
+} ac_event_peek_t;
+/* Walks the top level of an Envelope's wire format: every field must be well-formed
+ * (a valid tag, a varint of at most 10 bytes, a length within the bytes, no groups) and
+ * the known header fields must have their declared wire types. Payload messages are
+ * skipped, not decoded. 0 and *out filled, or AC_ERR_INVALID. */
+int ac_event_peek(const uint8_t *bytes, size_t len, ac_event_peek_t *out) AC_WUR;
 /* The payload message set in env's oneof (found through the descriptor, so new payload
  * types need no code here), or NULL if none. */
 const ProtobufCMessage *ac_event_payload(const Aftercare__V1__Envelope *env);

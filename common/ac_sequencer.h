@@ -5,7 +5,8 @@
  *
  * Sequences are per source, gap-free from 1. The sequencer holds the events that arrived
  * ahead of `next` in a window of `window` slots (a ring indexed by sequence): an event
- * beyond next + window - 1 is dropped (it is fetched again by a later replay), an event
+ * beyond next + window - 1 is dropped (it is fetched again by a later replay: a refused
+ * sequence is never passed over as filtered, the covered mark goes below it), an event
  * below next or already held is a duplicate. Events leave in sequence order through
  * ac_seq_pop().
  *
@@ -68,6 +69,10 @@ void ac_seq_note_latest(ac_seq_t *self, uint64_t sequence);
 /* The next event in order (the caller owns it), or NULL when it has not arrived. Filtered
  * sequences below the covered mark are passed over on the way. */
 void *ac_seq_pop(ac_seq_t *self, uint64_t *sequence_out);
+/* Passes over the filtered sequences from next on (covered, not held) up to the first
+ * held one or covered + 1, at a cost bounded by the window (O(1) when nothing is held).
+ * Returns how many were passed over. ac_seq_pop() does this first. */
+uint64_t ac_seq_skip_filtered(ac_seq_t *self);
 
 typedef enum {
     AC_SEQ_REPLAY_NONE = 0, /* nothing to ask for now (or a replay is running) */
@@ -84,13 +89,18 @@ void ac_seq_request_catchup(ac_seq_t *self);
 void ac_seq_replay_begin(ac_seq_t *self, uint64_t from, uint64_t to);
 /* ReplayEnd: every sequence up to last was sent (and offered) or filtered. */
 void ac_seq_replay_end(ac_seq_t *self, uint64_t last);
-/* The replay failed or timed out: nothing is claimed; another may start. */
+/* The replay failed or timed out (or brought something unusable): nothing is claimed;
+ * another may start. */
 void ac_seq_replay_abort(ac_seq_t *self);
+/* The bus does not have what was thought to exist beyond `latest` (replays end there):
+ * stop asking for it until something (a heartbeat, an event) says it exists again. */
+void ac_seq_lower_latest(ac_seq_t *self, uint64_t latest);
 
 /* Readers. */
 uint64_t ac_seq_next(const ac_seq_t *self);
-uint64_t ac_seq_latest(const ac_seq_t *self); /* highest sequence known to exist; 0 none */
-size_t ac_seq_held(const ac_seq_t *self);     /* items in the window */
+uint64_t ac_seq_latest(const ac_seq_t *self);  /* highest sequence known to exist; 0 none */
+uint64_t ac_seq_covered(const ac_seq_t *self); /* every sequence <= it delivered or filtered */
+size_t ac_seq_held(const ac_seq_t *self);      /* items in the window */
 size_t ac_seq_window(const ac_seq_t *self);
 /* Items ready to pop in a row from next (up to limit): what a consumer can apply now. */
 size_t ac_seq_ready(const ac_seq_t *self, size_t limit);

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <ev.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,9 @@ struct ac_zsock {
     void *read_arg;
     ac_zsock_fn on_write; /* one-shot */
     void *write_arg;
+    struct ac_zsock *monitor; /* owned PAIR reading this socket's events, or NULL */
+    ac_zsock_event_fn on_event;
+    void *event_arg;
 };
 
 static int zsock_events(ac_zsock_t *s)
@@ -103,7 +107,7 @@ static void on_zsock_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 static const int zmq_types[] = {
     [AC_ZSOCK_PUB] = ZMQ_PUB,   [AC_ZSOCK_SUB] = ZMQ_SUB,       [AC_ZSOCK_XPUB] = ZMQ_XPUB,
     [AC_ZSOCK_XSUB] = ZMQ_XSUB, [AC_ZSOCK_ROUTER] = ZMQ_ROUTER, [AC_ZSOCK_DEALER] = ZMQ_DEALER,
-    [AC_ZSOCK_REP] = ZMQ_REP,
+    [AC_ZSOCK_REP] = ZMQ_REP,   [AC_ZSOCK_PAIR] = ZMQ_PAIR,
 };
 
 ac_zsock_t *ac_zsock_new(struct ev_loop *loop, ac_zsock_type_t type)
@@ -149,6 +153,10 @@ void ac_zsock_destroy(ac_zsock_t **self_p)
     ev_io_stop(s->loop, &s->io);
     ev_prepare_stop(s->loop, &s->prepare);
     ev_idle_stop(s->loop, &s->idle);
+    if (s->monitor) {
+        zmq_socket_monitor(s->zs, NULL, 0); /* closes libzmq's end */
+        ac_zsock_destroy(&s->monitor);
+    }
     zmq_close(s->zs);
     free(s);
     *self_p = NULL;
@@ -387,6 +395,129 @@ int ac_zsock_send(ac_zsock_t *s, const void *const *data, const size_t *len, siz
     return 0;
 }
 
+int ac_zsock_forward(ac_zsock_t *from, ac_zsock_t *to, ac_zsock_check_fn check, void *arg,
+                     int *forwarded, int *send_rc)
+{
+    zmq_msg_t m[AC_FRAMES_MAX];
+    ac_frames_t f;
+    size_t kept = 0;
+    int more = 1, rc = 0;
+
+    *forwarded = 0;
+    if (send_rc)
+        *send_rc = 0;
+    memset(&f, 0, offsetof(ac_frames_t, len)); /* n and user_id; len/data set as filled */
+    while (more) {
+        zmq_msg_t extra, *mp = kept < AC_FRAMES_MAX ? &m[kept] : &extra;
+        size_t mlen = sizeof(more);
+        zmq_msg_init(mp);
+        if (zmq_msg_recv(mp, from->zs, ZMQ_DONTWAIT) < 0) {
+            int err = errno;
+            zmq_msg_close(mp);
+            for (size_t i = 0; i < kept; i++)
+                zmq_msg_close(&m[i]);
+            if (err == EAGAIN)
+                return AC_ERR_AGAIN;
+            ac_warn("bus: recv: %s", zmq_strerror(err));
+            return AC_ERR_IO;
+        }
+        if (f.n == 0) {
+            const char *uid = zmq_msg_gets(mp, "User-Id");
+            if (uid)
+                snprintf(f.user_id, sizeof(f.user_id), "%s", uid);
+        }
+        if (mp != &extra) {
+            f.data[kept] = zmq_msg_data(mp);
+            f.len[kept] = zmq_msg_size(mp);
+            kept++;
+        }
+        f.n++;
+        zmq_getsockopt(from->zs, ZMQ_RCVMORE, &more, &mlen);
+        if (mp == &extra)
+            zmq_msg_close(mp);
+    }
+    /* more frames than shown: check() sees n and refuses; they are never sent */
+    if (check(&f, arg) && f.n == kept) {
+        size_t i = 0;
+        for (; i < kept; i++) {
+            int flags = ZMQ_DONTWAIT | (i + 1 < kept ? ZMQ_SNDMORE : 0);
+            if (zmq_msg_send(&m[i], to->zs, flags) < 0)
+                break;
+        }
+        if (i == kept) {
+            *forwarded = 1;
+        } else {
+            /* ZeroMQ only refuses the first frame of a message; later ones are queued */
+            rc = errno == EAGAIN ? AC_ERR_AGAIN : AC_ERR_IO;
+            if (rc == AC_ERR_IO)
+                ac_warn("bus: send: %s", zmq_strerror(errno));
+            if (send_rc)
+                *send_rc = rc;
+        }
+    }
+    for (size_t i = 0; i < kept; i++)
+        zmq_msg_close(&m[i]); /* a sent message is empty: closing it is a no-op */
+    return 0;
+}
+
+/* --- connection events --------------------------------------------------------------------- */
+
+_Static_assert(AC_ZEVENT_ACCEPTED == ZMQ_EVENT_ACCEPTED &&
+                   AC_ZEVENT_DISCONNECTED == ZMQ_EVENT_DISCONNECTED &&
+                   AC_ZEVENT_HANDSHAKE_FAILED_NO_DETAIL == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL &&
+                   AC_ZEVENT_HANDSHAKE_SUCCEEDED == ZMQ_EVENT_HANDSHAKE_SUCCEEDED &&
+                   AC_ZEVENT_HANDSHAKE_FAILED_PROTOCOL == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
+                   AC_ZEVENT_HANDSHAKE_FAILED_AUTH == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH,
+               "AC_ZEVENT_* are libzmq's event numbers");
+_Static_assert(AC_ZPROTO_ZMTP_CRYPTOGRAPHIC == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC &&
+                   AC_ZPROTO_ZMTP_MECHANISM_MISMATCH ==
+                       ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH &&
+                   AC_ZPROTO_ZAP_FIRST == ZMQ_PROTOCOL_ERROR_ZAP_UNSPECIFIED,
+               "AC_ZPROTO_* are libzmq's protocol error codes");
+
+/* A monitor message is [event (16 bits) + value (32 bits), native order][endpoint]. */
+static void on_monitor_readable(ac_zsock_t *m, void *arg)
+{
+    ac_zsock_t *s = arg;
+    for (int i = 0; i < RECV_BATCH; i++) {
+        ac_frames_t f;
+        uint16_t event;
+        uint32_t value;
+        if (ac_zsock_recv(m, &f) != 0)
+            break;
+        if (f.n == 2 && f.len[0] == 6) {
+            memcpy(&event, f.data[0], sizeof(event));
+            memcpy(&value, f.data[0] + 2, sizeof(value));
+            s->on_event(s->event_arg, event, value, (const char *)f.data[1]);
+        }
+        ac_frames_clear(&f);
+    }
+}
+
+int ac_zsock_monitor(ac_zsock_t *s, int events, ac_zsock_event_fn cb, void *arg)
+{
+    static unsigned long next_id;
+    char endpoint[64];
+    if (s->monitor)
+        return AC_ERR_INVALID;
+    /* a name of its own: a re-created socket is watched before the old one is closed */
+    snprintf(endpoint, sizeof(endpoint), "inproc://ac-zsock-monitor-%lu", ++next_id);
+    if (zmq_socket_monitor(s->zs, endpoint, events) != 0) {
+        ac_error("bus: zmq_socket_monitor: %s", zmq_strerror(errno));
+        return AC_ERR_IO;
+    }
+    s->monitor = ac_zsock_new(s->loop, AC_ZSOCK_PAIR);
+    if (!s->monitor || ac_zsock_connect(s->monitor, endpoint) != 0) {
+        zmq_socket_monitor(s->zs, NULL, 0);
+        ac_zsock_destroy(&s->monitor);
+        return AC_ERR_IO;
+    }
+    s->on_event = cb;
+    s->event_arg = arg;
+    ac_zsock_on_readable(s->monitor, on_monitor_readable, s);
+    return 0;
+}
+
 /* --- CURVE keys ---------------------------------------------------------------------------- */
 
 int ac_curve_keypair(char public_key[AC_KEY_Z85_LEN + 1], char secret_key[AC_KEY_Z85_LEN + 1])
@@ -520,8 +651,9 @@ int ac_curve_write(const char *key_file, const ac_curve_t *keys, const char *com
     }
     f = fdopen(fd, "w");
     if (!f) {
-        close(fd);
         snprintf(err, errlen, "cannot write %s: %s", key_file, strerror(errno));
+        close(fd);
+        unlink(key_file);
         return AC_ERR_IO;
     }
     fprintf(f, "# aftercare CURVE key%s%s. Keep this file secret.\n", comment ? ": " : "",
@@ -531,8 +663,10 @@ int ac_curve_write(const char *key_file, const ac_curve_t *keys, const char *com
         rc = AC_ERR_IO;
     if (fclose(f) != 0)
         rc = AC_ERR_IO;
-    if (rc)
+    if (rc) {
         snprintf(err, errlen, "cannot write %s: %s", key_file, strerror(errno));
+        unlink(key_file); /* created above (O_EXCL): a half-written key must not stay */
+    }
     return rc;
 }
 

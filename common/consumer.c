@@ -10,7 +10,13 @@
  * - Database mode applies one transaction at a time for the whole consumer (sources take
  *   turns), so handlers see one event at a time in a total order. The events of the
  *   transaction in flight have left the sequencer; when it fails they are offered back
- *   (ac_seq_rewind() to checkpoint + 1, then the same events again) and applied later.
+ *   (ac_seq_rewind() to the batch's first event, then the same events again) and applied
+ *   later. Between the checkpoint and that event lie only sequences passed over as
+ *   filtered; a filtered source moves its checkpoint past them in an event-less
+ *   transaction now and then (wants_checkpoint_only()).
+ * - A replay that brought an event that could not be taken (undecodable, out of memory)
+ *   claims nothing at its end and is asked for again; one ending short of the announced
+ *   latest without events backs off, and after a few lowers the latest (no storm).
  * - Heartbeats (and live events) reset a silence timer; after silence_s without either,
  *   every source asks for a catch-up replay up to the bus's latest: a live connection
  *   that stalled or a re-created output is repaired without waiting for it.
@@ -64,6 +70,9 @@
  * last saw it (see CONSUMER_V1). */
 #define SQLSTATE_CHECKPOINT_MOVED "AC409"
 
+#define AC_BUS_HEARTBEAT_SOURCE "aftercare/bus"
+#define IDLE_TRIES_MAX          3 /* replays ending short, empty: then the bus lacks them */
+
 typedef struct cevent {
     uint64_t sequence;
     char *topic;  /* owned */
@@ -82,16 +91,22 @@ typedef struct csource {
     int is_positioned;            /* next is known (checkpoint, start, live) */
     int is_from_live;             /* memory mode without a start position */
     uint64_t committed;           /* database mode: the checkpoint in the database */
+    ev_tstamp committed_at;       /* when it last moved (or was read) */
     ac_db_txn_t *load_txn;        /* the checkpoint read in flight, or NULL */
     ev_timer load_retry;
     ac_backoff_t load_backoff;
     char request_id[REQUEST_ID_MAX];   /* the replay in flight, "" when none */
     uint64_t request_from, request_to; /* its range (to 0 = up to the latest) */
     uint64_t request_events;           /* its events received so far */
-    ac_seq_replay_t request_why;       /* why it was asked for */
-    uint64_t last_live;                /* the last sequence seen on the live stream */
-    ev_timer replay_timer;             /* in flight: the timeout; else a retry delay */
-    int is_replay_held;                /* waiting for replay_timer before asking again */
+    uint64_t request_target;           /* the last sequence it should reach (latest if to 0) */
+    int is_request_tainted; /* it brought an event that could not be taken: claim nothing */
+    int tainted_tries;      /* replays from request_from in a row that were tainted */
+    uint64_t tainted_from;
+    int idle_tries;              /* replays in a row that ended short with no events */
+    ac_seq_replay_t request_why; /* why it was asked for */
+    uint64_t last_live;          /* the last sequence seen on the live stream */
+    ev_timer replay_timer;       /* in flight: the timeout; else a retry delay */
+    int is_replay_held;          /* waiting for replay_timer before asking again */
     ac_backoff_t replay_backoff;
     uint64_t solo_until; /* apply one event per transaction up to this */
     uint64_t poison_seq; /* the event that last failed alone; 0 none */
@@ -128,6 +143,7 @@ struct ac_consumer {
     csource_t *txn_source; /* whose events it applies */
     cevent_t **batch;      /* its events, in order (batch_max slots) */
     size_t nbatch;
+    uint64_t txn_last;    /* where it moves the checkpoint (past filtered ranges too) */
     ev_timer apply_retry; /* backoff after a failed batch */
     ac_backoff_t apply_backoff;
     char sql_advance[SQL_MAX], sql_load[SQL_MAX], sql_dead[SQL_MAX];
@@ -373,6 +389,7 @@ static void on_checkpoint_loaded(ac_db_txn_t *txn, int err, void *arg)
     ac_db_txn_free(&txn);
     ac_backoff_reset(&s->load_backoff);
     s->committed = cp;
+    s->committed_at = ev_now(c->loop);
     ac_seq_reset(s->seq, cp + 1);
     if (!s->is_positioned)
         ac_info("consumer %s: following %s from checkpoint %llu", c->name, s->name,
@@ -513,7 +530,11 @@ static void batch_rewind(ac_consumer_t *c)
     csource_t *s = c->txn_source;
     if (!s)
         return;
-    ac_seq_rewind(s->seq, s->committed + 1);
+    /* Back to the batch's first event, not to committed + 1: what lies between was passed
+     * over as filtered, and rewinding further would push the batch's later events beyond
+     * the window (refused, then skipped as filtered: lost). */
+    if (c->nbatch > 0)
+        ac_seq_rewind(s->seq, c->batch[0]->sequence);
     for (size_t i = 0; i < c->nbatch; i++) {
         cevent_t *e = c->batch[i];
         e->is_applied = e->is_dead = 0;
@@ -546,7 +567,7 @@ static void on_batch_done(ac_db_txn_t *txn, int err, void *arg)
     ac_consumer_t *c = arg;
     csource_t *s = c->txn_source;
     uint64_t first = c->nbatch ? c->batch[0]->sequence : 0;
-    uint64_t last = c->nbatch ? c->batch[c->nbatch - 1]->sequence : 0;
+    uint64_t last = c->txn_last;
     const char *state = ac_db_txn_sqlstate(txn);
 
     c->txn = NULL;
@@ -561,6 +582,7 @@ static void on_batch_done(ac_db_txn_t *txn, int err, void *arg)
         c->txn_source = NULL;
         ac_db_txn_free(&txn);
         s->committed = last;
+        s->committed_at = ev_now(c->loop);
         c->stats.applied += applied;
         c->stats.dead_letters += dead;
         count(c, "consumer_events_applied_total", s->labels, (double)applied);
@@ -591,6 +613,15 @@ static void on_batch_done(ac_db_txn_t *txn, int err, void *arg)
         ac_db_txn_free(&txn);
         batch_rewind(c);
         load_checkpoint(s);
+        return;
+    }
+    if (c->nbatch == 0) { /* moving the checkpoint past filtered sequences only */
+        ac_warn("consumer %s: moving the checkpoint of %s to %llu failed: %s %s (retrying)",
+                c->name, s->name, (unsigned long long)last, ac_strerror(err),
+                err == AC_ERR_DB ? ac_db_txn_errmsg(txn) : "");
+        ac_db_txn_free(&txn);
+        c->txn_source = NULL;
+        apply_later(c);
         return;
     }
     if (err == AC_ERR_DB && !sqlstate_is_transient(state)) {
@@ -649,7 +680,8 @@ static void on_batch_done(ac_db_txn_t *txn, int err, void *arg)
     apply_later(c);
 }
 
-/* Starts a transaction with the events of s that are ready. */
+/* Starts a transaction with the events of s that are ready; without any, one that only
+ * moves the checkpoint past the filtered sequences before next. */
 static void start_batch(ac_consumer_t *c, csource_t *s)
 {
     size_t max = (size_t)c->batch_max;
@@ -702,19 +734,35 @@ static void start_batch(ac_consumer_t *c, csource_t *s)
                       c->name, e->topic, (unsigned long long)seq, ac_strerror(rc));
         }
     }
-    if (rc == 0 && c->nbatch > 0) {
+    c->txn_last = c->nbatch > 0 ? c->batch[c->nbatch - 1]->sequence : ac_seq_next(s->seq) - 1;
+    if (rc == 0 && c->txn_last > s->committed) {
         snprintf(prev, sizeof(prev), "%llu", (unsigned long long)s->committed);
-        snprintf(last, sizeof(last), "%llu", (unsigned long long)c->batch[c->nbatch - 1]->sequence);
+        snprintf(last, sizeof(last), "%llu", (unsigned long long)c->txn_last);
         rc = ac_db_txn_add_sql(c->txn, c->sql_advance, 3, params, NULL, NULL);
         if (rc == 0)
             rc = ac_db_txn_commit(c->txn, on_batch_done, c);
+    } else if (rc == 0) {
+        rc = -1; /* nothing to commit (cannot happen: pump_database checked) */
     }
-    if (rc != 0 || c->nbatch == 0) {
+    if (rc != 0) {
         ac_db_txn_free(&c->txn);
         batch_rewind(c);
-        if (rc != 0)
-            apply_later(c);
+        c->txn_source = NULL;
+        apply_later(c);
     }
+}
+
+/* A filtered source passes over long ranges that are not for it: its checkpoint follows
+ * (without events) when it is far behind or has not moved for a while, so that a restart
+ * does not replay them again (or find them pruned). */
+#define CHECKPOINT_SKIP_S 5.0
+static int wants_checkpoint_only(const ac_consumer_t *c, const csource_t *s)
+{
+    uint64_t passed = ac_seq_next(s->seq) - 1;
+    if (passed <= s->committed)
+        return 0;
+    return passed - s->committed >= c->window ||
+           ev_now(c->loop) - s->committed_at >= CHECKPOINT_SKIP_S;
 }
 
 static void pump_database(ac_consumer_t *c)
@@ -723,7 +771,10 @@ static void pump_database(ac_consumer_t *c)
         return;
     for (size_t k = 0; k < c->nsources; k++) {
         csource_t *s = c->sources[(c->turn + k) % c->nsources];
-        if (!s->is_positioned || s->load_txn || ac_seq_ready(s->seq, 1) == 0)
+        if (!s->is_positioned || s->load_txn)
+            continue;
+        ac_seq_skip_filtered(s->seq);
+        if (ac_seq_ready(s->seq, 1) == 0 && !wants_checkpoint_only(c, s))
             continue;
         c->turn = (c->turn + k + 1) % c->nsources;
         start_batch(c, s);
@@ -821,6 +872,8 @@ static void replay_request(csource_t *s)
     s->request_from = from;
     s->request_to = to;
     s->request_events = 0;
+    s->request_target = to ? to : ac_seq_latest(s->seq);
+    s->is_request_tainted = 0;
     ev_timer_stop(c->loop, &s->replay_timer);
     ev_timer_set(&s->replay_timer, c->replay_timeout_s, 0.);
     ev_timer_start(c->loop, &s->replay_timer);
@@ -918,7 +971,7 @@ static void pump_soon(ac_consumer_t *c)
 /* One event (live or replayed): topic and the envelope bytes, which it takes. 1 when it
  * was a well-formed event (for us or not), 0 when it was garbage. */
 static int take_event(ac_consumer_t *c, const char *where, const uint8_t *topic, size_t topic_len,
-                      uint8_t **raw_p, size_t len, int is_replayed)
+                      uint8_t **raw_p, size_t len, int is_replayed, csource_t *replay_of)
 {
     Aftercare__V1__Envelope *env;
     csource_t *s;
@@ -929,13 +982,17 @@ static int take_event(ac_consumer_t *c, const char *where, const uint8_t *topic,
         return 0;
     }
     env = aftercare__v1__envelope__unpack(NULL, len, *raw_p);
-    if (!env) {
-        garbage(c, where, "the envelope does not decode", is_replayed ? 4 : 2);
-        return 0;
-    }
-    if (!env->source || !source_is_valid(env->source, strlen(env->source)) || env->sequence == 0) {
-        garbage(c, where, "an event without a valid source or sequence", is_replayed ? 4 : 2);
-        aftercare__v1__envelope__free_unpacked(env, NULL);
+    if (!env || !env->source || !source_is_valid(env->source, strlen(env->source)) ||
+        env->sequence == 0) {
+        garbage(c, where,
+                env ? "an event without a valid source or sequence"
+                    : "the envelope does not decode",
+                is_replayed ? 4 : 2);
+        if (env)
+            aftercare__v1__envelope__free_unpacked(env, NULL);
+        /* its sequence is unknown: the replay's end must not claim it as filtered */
+        if (replay_of)
+            replay_of->is_request_tainted = 1;
         return 0;
     }
     s = source_for(c, env->source);
@@ -955,6 +1012,8 @@ static int take_event(ac_consumer_t *c, const char *where, const uint8_t *topic,
         ac_error("consumer %s: out of memory; %s sequence %llu is fetched again later", c->name,
                  s->name, (unsigned long long)env->sequence);
         ac_seq_note_latest(s->seq, env->sequence);
+        if (replay_of)
+            replay_of->is_request_tainted = 1;
         free(e);
         aftercare__v1__envelope__free_unpacked(env, NULL);
         return 1;
@@ -990,9 +1049,10 @@ static int take_event(ac_consumer_t *c, const char *where, const uint8_t *topic,
     return 1;
 }
 
+/* Only the bus's own heartbeat counts: sequence 0, source "aftercare/bus" (the bus refuses
+ * "bus." topics from services, and a forged one must not make us replay or position). */
 static void take_heartbeat(ac_consumer_t *c, ac_frames_t *f)
 {
-    c->last_heard_at = ev_now(c->loop);
     Aftercare__V1__Envelope *env = aftercare__v1__envelope__unpack(NULL, f->len[1], f->data[1]);
     if (!env || env->payload_case != AFTERCARE__V1__ENVELOPE__PAYLOAD_BUS_HEARTBEAT ||
         !env->bus_heartbeat) {
@@ -1001,6 +1061,12 @@ static void take_heartbeat(ac_consumer_t *c, ac_frames_t *f)
             aftercare__v1__envelope__free_unpacked(env, NULL);
         return;
     }
+    if (env->sequence != 0 || !env->source || strcmp(env->source, AC_BUS_HEARTBEAT_SOURCE) != 0) {
+        garbage(c, "output", "a heartbeat that is not the bus's (source or sequence)", f->n);
+        aftercare__v1__envelope__free_unpacked(env, NULL);
+        return;
+    }
+    c->last_heard_at = ev_now(c->loop);
     for (size_t i = 0; i < env->bus_heartbeat->n_sources; i++) {
         const Aftercare__V1__SourcePosition *p = env->bus_heartbeat->sources[i];
         csource_t *s = p && p->source ? source_for(c, p->source) : NULL;
@@ -1028,7 +1094,7 @@ static void on_sub_readable(ac_zsock_t *sock, void *arg)
             garbage(c, "output", "not two frames", f.n);
         else if (f.len[0] == sizeof(hb) - 1 && memcmp(f.data[0], hb, sizeof(hb) - 1) == 0)
             take_heartbeat(c, &f);
-        else if (take_event(c, "output", f.data[0], f.len[0], &f.data[1], f.len[1], 0))
+        else if (take_event(c, "output", f.data[0], f.len[0], &f.data[1], f.len[1], 0, NULL))
             c->last_heard_at = ev_now(c->loop); /* the live stream flows */
         ac_frames_clear(&f);
     }
@@ -1049,6 +1115,52 @@ static int frame_is(const ac_frames_t *f, size_t i, const char *text)
 {
     size_t n = strlen(text);
     return f->len[i] == n && memcmp(f->data[i], text, n) == 0;
+}
+
+/* The answer to s's replay ended at last: claim what it covered, or (an event in it could
+ * not be taken) nothing; back off when it brought nothing and stopped short. */
+static void replay_ended(ac_consumer_t *c, csource_t *s, uint64_t last, uint64_t events)
+{
+    int is_short = last < s->request_target && events == 0 && s->request_events == 0;
+    if (s->is_request_tainted) {
+        if (s->tainted_from != s->request_from) {
+            s->tainted_from = s->request_from;
+            s->tainted_tries = 0;
+        }
+        if (++s->tainted_tries < POISON_ATTEMPTS) {
+            ac_warn("consumer %s: replay %s of %s from %llu brought an event that could not be "
+                    "taken: asking for it again",
+                    c->name, s->request_id, s->name, (unsigned long long)s->request_from);
+            ac_seq_replay_abort(s->seq);
+            replay_forget(s);
+            replay_hold(s, ac_backoff_next(&s->replay_backoff));
+            return;
+        }
+        c->stats.dead_letters++;
+        count(c, "consumer_dead_letters_total", s->labels, 1);
+        ac_error("consumer %s: replays of %s %llu..%llu brought an undecodable event %d times: "
+                 "giving it up (it is passed over as filtered; see the outbox)",
+                 c->name, s->name, (unsigned long long)s->request_from, (unsigned long long)last,
+                 s->tainted_tries);
+        s->tainted_tries = 0;
+        s->tainted_from = 0;
+    }
+    ac_seq_replay_end(s->seq, last);
+    replay_forget(s);
+    if (!is_short) {
+        s->idle_tries = 0;
+        ac_backoff_reset(&s->replay_backoff);
+        return;
+    }
+    /* the bus has nothing beyond last (yet): asking again at once would be a storm */
+    if (++s->idle_tries >= IDLE_TRIES_MAX) {
+        ac_warn("consumer %s: %s sequences up to %llu were announced but replays end at %llu: "
+                "not asking for them until they are announced again",
+                c->name, s->name, (unsigned long long)s->request_target, (unsigned long long)last);
+        ac_seq_lower_latest(s->seq, last);
+        s->idle_tries = 0;
+    }
+    replay_hold(s, ac_backoff_next(&s->replay_backoff));
 }
 
 static void take_replay_end(ac_consumer_t *c, ac_frames_t *f)
@@ -1078,9 +1190,7 @@ static void take_replay_end(ac_consumer_t *c, ac_frames_t *f)
                     c->name, s->name, (unsigned long long)s->request_from,
                     (unsigned long long)s->request_events);
         }
-        ac_seq_replay_end(s->seq, end->last_sequence);
-        replay_forget(s);
-        ac_backoff_reset(&s->replay_backoff);
+        replay_ended(c, s, end->last_sequence, end->events);
     }
     aftercare__v1__replay_end__free_unpacked(end, NULL);
 }
@@ -1167,7 +1277,7 @@ static void on_dealer_readable(ac_zsock_t *sock, void *arg)
                 ev_timer_set(&s->replay_timer, c->replay_timeout_s, 0.);
                 ev_timer_start(c->loop, &s->replay_timer);
             }
-            take_event(c, "replay", f.data[2], f.len[2], &f.data[3], f.len[3], 1);
+            take_event(c, "replay", f.data[2], f.len[2], &f.data[3], f.len[3], 1, s);
         } else if (f.n == 2 && frame_is(&f, 0, "replay.end")) {
             take_replay_end(c, &f);
         } else if (f.n == 2 && frame_is(&f, 0, "replay.error")) {

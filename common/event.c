@@ -80,3 +80,79 @@ const ProtobufCMessage *ac_event_payload(const Aftercare__V1__Envelope *env)
         return NULL;
     return *(ProtobufCMessage *const *)(const void *)((const char *)env + f->offset);
 }
+
+/* Reads a varint at *p (at most 10 bytes, within end); 0, or -1 when malformed. */
+static int peek_varint(const uint8_t **p, const uint8_t *end, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (unsigned shift = 0; shift < 70 && *p < end; shift += 7) {
+        uint8_t b = *(*p)++;
+        if (shift == 63 && b > 1)
+            return -1; /* more than 64 bits */
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* The wire type a known top-level field of Envelope must have, or -1 (unknown: any). */
+static int envelope_wire_type(uint64_t field)
+{
+    if (field == 6 || field == 8) /* sequence, ticket_version */
+        return 0;
+    if (field >= 1 && field <= 10) /* strings */
+        return 2;
+    if ((field >= 20 && field < 90) || field == 90) /* payload messages */
+        return 2;
+    return -1;
+}
+
+int ac_event_peek(const uint8_t *bytes, size_t len, ac_event_peek_t *out)
+{
+    const uint8_t *p = bytes, *end = bytes + len;
+    memset(out, 0, sizeof(*out));
+    while (p < end) {
+        uint64_t key, field, v = 0;
+        int wt;
+        if (peek_varint(&p, end, &key) != 0)
+            return AC_ERR_INVALID;
+        field = key >> 3;
+        wt = (int)(key & 7);
+        if (field == 0 || field > 536870911u)
+            return AC_ERR_INVALID;
+        if (envelope_wire_type(field) >= 0 && envelope_wire_type(field) != wt)
+            return AC_ERR_INVALID;
+        switch (wt) {
+        case 0:
+            if (peek_varint(&p, end, &v) != 0)
+                return AC_ERR_INVALID;
+            if (field == 6)
+                out->sequence = v;
+            break;
+        case 1:
+        case 5:
+            if ((size_t)(end - p) < (wt == 1 ? 8u : 4u))
+                return AC_ERR_INVALID;
+            p += wt == 1 ? 8 : 4;
+            break;
+        case 2:
+            if (peek_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p))
+                return AC_ERR_INVALID;
+            if (field == 2) {
+                out->source = p;
+                out->source_len = (size_t)v;
+            } else if (field == 3) {
+                out->type = p;
+                out->type_len = (size_t)v;
+            }
+            p += v;
+            break;
+        default: /* groups (3, 4) are not used by proto3; 6 and 7 do not exist */
+            return AC_ERR_INVALID;
+        }
+    }
+    return 0;
+}

@@ -154,6 +154,9 @@ ac_seq_offer_t ac_seq_offer(ac_seq_t *self, uint64_t sequence, void *item)
     }
     if (sequence - self->next > self->mask) {
         self->stats.dropped++;
+        /* refused: it must never be passed over as filtered, so it is fetched again */
+        if (self->covered >= sequence)
+            self->covered = sequence - 1;
         if (self->is_replaying && sequence >= self->replay_from &&
             (self->replay_to == 0 || sequence <= self->replay_to) &&
             (self->replay_dropped_min == 0 || sequence < self->replay_dropped_min))
@@ -166,21 +169,38 @@ ac_seq_offer_t ac_seq_offer(ac_seq_t *self, uint64_t sequence, void *item)
     return AC_SEQ_BUFFERED;
 }
 
+uint64_t ac_seq_skip_filtered(ac_seq_t *self)
+{
+    uint64_t from = self->next;
+    uint64_t to = self->covered + 1; /* where the skip ends when nothing is held on the way */
+    if (is_held(self, from) || self->covered < from)
+        return 0;
+    if (self->nheld > 0) {
+        /* held sequences lie in [next, next + window): only those slots can stop the skip */
+        uint64_t limit = from + self->mask + 1;
+        for (uint64_t s = from + 1; s < limit && s < to; s++) {
+            if (is_held(self, s)) {
+                to = s;
+                break;
+            }
+        }
+    }
+    self->next = to;
+    self->stats.skipped += to - from;
+    return to - from;
+}
+
 void *ac_seq_pop(ac_seq_t *self, uint64_t *sequence_out)
 {
-    for (;;) {
-        uint64_t seq = self->next;
-        if (is_held(self, seq)) {
-            self->next++;
-            if (sequence_out)
-                *sequence_out = seq;
-            return take(self, seq);
-        }
-        if (seq > self->covered)
-            return NULL;
-        self->next++; /* covered by a replay and never delivered: not for us */
-        self->stats.skipped++;
-    }
+    uint64_t seq;
+    ac_seq_skip_filtered(self); /* covered by a replay and never delivered: not for us */
+    seq = self->next;
+    if (!is_held(self, seq))
+        return NULL;
+    self->next++;
+    if (sequence_out)
+        *sequence_out = seq;
+    return take(self, seq);
 }
 
 /* The first sequence from next on that is neither held nor covered; next + window when
@@ -271,6 +291,17 @@ void ac_seq_replay_abort(ac_seq_t *self)
     self->is_replaying = 0;
 }
 
+void ac_seq_lower_latest(ac_seq_t *self, uint64_t latest)
+{
+    if (latest < self->latest)
+        self->latest = latest;
+}
+
+uint64_t ac_seq_covered(const ac_seq_t *self)
+{
+    return self->covered;
+}
+
 uint64_t ac_seq_next(const ac_seq_t *self)
 {
     return self->next;
@@ -294,7 +325,10 @@ size_t ac_seq_window(const ac_seq_t *self)
 size_t ac_seq_ready(const ac_seq_t *self, size_t limit)
 {
     size_t n = 0;
-    for (uint64_t s = self->next; n < limit; s++) {
+    uint64_t end = self->next + self->mask + 1; /* nothing is held beyond */
+    if (limit > self->nheld)
+        limit = self->nheld;
+    for (uint64_t s = self->next; n < limit && s < end; s++) {
         if (is_held(self, s))
             n++;
         else if (s > self->covered)

@@ -72,6 +72,7 @@ except ImportError as e:  # pragma: no cover - a setup problem, explained to the
 log = logging.getLogger("subscriber")
 
 HEARTBEAT_TOPIC = "bus.heartbeat"
+HEARTBEAT_SOURCE = "aftercare/bus"
 HEARTBEAT_SILENCE_S = 5.0  # no heartbeat for this long: say so (bus down, key refused)
 RECONNECT_AFTER_S = 15.0  # no heartbeat for this long: re-create the sockets
 FIRST_HEARTBEAT_WAIT_S = 5.0  # at start, wait this long for the subscription to be live
@@ -471,6 +472,11 @@ class Subscriber:
         if topic == HEARTBEAT_TOPIC:
             if env.WhichOneof("payload") != "bus_heartbeat":
                 return self.garbage("heartbeat without a BusHeartbeat")
+            # Only the bus's own heartbeat counts: source "aftercare/bus", sequence 0. A
+            # forged one could otherwise start replays or move your notion of "latest".
+            if env.source != HEARTBEAT_SOURCE or env.sequence != 0:
+                return self.garbage("heartbeat not from the bus (source %r, sequence %d)"
+                                    % (env.source, env.sequence))
             return self.on_heartbeat(env.bus_heartbeat)
         st = self.streams.get(env.source)
         if st is None or not self.wants(topic):

@@ -12,7 +12,11 @@
 #define HEARTBEAT_TOPIC "bus.heartbeat" /* every key may see it */
 #define REBIND_S        0.1             /* retry of a re-created output's bind */
 
-/* A key let into the output, with the topics it had then (see bus_output_key_seen). */
+/* topics only the bus itself publishes (bus.heartbeat); refused on the input */
+#define BUS_RESERVED_PREFIX "bus."
+
+/* A key let into the output, with the widest topics it has had since (see
+ * bus_output_key_seen and seen_key_widen). */
 typedef struct bus_seen_key {
     char public_key[AC_KEY_Z85_LEN + 1];
     char **topics; /* owned copies; ntopics == 0 means every topic */
@@ -20,33 +24,41 @@ typedef struct bus_seen_key {
 } bus_seen_key_t;
 
 /* A message is forwarded only when it is [topic][envelope] and the topic is the one the
- * envelope's type implies, so subscribers' prefix filters can be trusted. The envelope's
- * source is copied to source (cut to fit) for the publisher check, its sequence to
- * *sequence (for the source positions). */
+ * envelope's type implies, so subscribers' prefix filters can be trusted. The envelope is
+ * not decoded: its top level is walked (ac_event_peek(): well-formed fields, header fields
+ * of the right wire types) for its source, type and sequence; the payload is passed on
+ * unread. The source is copied to source for the publisher check, the sequence to
+ * *sequence and the topic to topic (AC_TOPIC_MAX) for the source positions. */
 static const char *check_message(const ac_frames_t *f, char *source, size_t source_len,
-                                 uint64_t *sequence)
+                                 uint64_t *sequence, char *topic)
 {
-    char topic[AC_TOPIC_MAX];
-    Aftercare__V1__Envelope *env;
-    const char *why = NULL;
+    char type[AC_TOPIC_MAX + 20], derived[AC_TOPIC_MAX];
+    ac_event_peek_t env;
 
     if (f->n != 2)
         return "not two frames";
-    if (f->len[0] == 0 || f->len[0] >= AC_TOPIC_MAX || strlen((char *)f->data[0]) != f->len[0])
+    if (f->len[0] == 0 || f->len[0] >= AC_TOPIC_MAX || memchr(f->data[0], 0, f->len[0]))
         return "bad topic frame";
-    env = aftercare__v1__envelope__unpack(NULL, f->len[1], f->data[1]);
-    if (!env)
+    memcpy(topic, f->data[0], f->len[0]);
+    topic[f->len[0]] = '\0';
+    if (ac_event_peek(f->data[1], f->len[1], &env) != 0)
         return "envelope does not decode";
-    if (ac_event_topic_from_type(env->type, topic, sizeof(topic)) != 0)
-        why = "envelope type is not aftercare.<topic>.v<n>";
-    else if (strcmp(topic, (const char *)f->data[0]) != 0)
-        why = "topic does not match the envelope type";
-    else if (env->sequence == 0 || env->source[0] == '\0')
-        why = "envelope has no source or sequence";
-    snprintf(source, source_len, "%s", env->source);
-    *sequence = env->sequence;
-    aftercare__v1__envelope__free_unpacked(env, NULL);
-    return why;
+    if (env.type_len >= sizeof(type) || memchr(env.type, 0, env.type_len))
+        return "envelope type is not aftercare.<topic>.v<n>";
+    memcpy(type, env.type, env.type_len);
+    type[env.type_len] = '\0';
+    if (ac_event_topic_from_type(type, derived, sizeof(derived)) != 0)
+        return "envelope type is not aftercare.<topic>.v<n>";
+    if (strcmp(derived, topic) != 0)
+        return "topic does not match the envelope type";
+    if (env.sequence == 0 || env.source_len == 0)
+        return "envelope has no source or sequence";
+    if (env.source_len >= source_len || memchr(env.source, 0, env.source_len))
+        return "envelope source is too long or has a NUL byte";
+    memcpy(source, env.source, env.source_len);
+    source[env.source_len] = '\0';
+    *sequence = env.sequence;
+    return NULL;
 }
 
 /* Only a live service key may publish, and only envelopes of its own source: NULL when
@@ -67,38 +79,58 @@ static const char *check_publisher(bus_t *self, const ac_frames_t *f, const char
     return why;
 }
 
+/* What input_check() learnt of the message it let through. */
+typedef struct input_check {
+    bus_t *self;
+    uint64_t sequence;
+    char source[AC_TOPIC_MAX];
+    char topic[AC_TOPIC_MAX];
+} input_check_t;
+
+/* ac_zsock_forward()'s check: 1 forwards the message as it is (no copy), 0 drops it. */
+static int input_check(const ac_frames_t *f, void *arg)
+{
+    input_check_t *c = arg;
+    bus_t *self = c->self;
+    char denied[256];
+    const char *why = check_message(f, c->source, sizeof(c->source), &c->sequence, c->topic);
+    if (!why && strncmp(c->topic, BUS_RESERVED_PREFIX, strlen(BUS_RESERVED_PREFIX)) == 0) {
+        /* bus.* (bus.heartbeat: every key may see it) is the bus's own: nobody forges it */
+        self->unauthorised++;
+        snprintf(denied, sizeof(denied), "topic \"%.64s\" is reserved for the bus", c->topic);
+        bus_zap_log_refusal(self->zap, BUS_ZAP_INPUT, f->user_id, "", denied);
+        return 0;
+    }
+    if (!why && check_publisher(self, f, c->source, denied, sizeof(denied))) {
+        self->unauthorised++;
+        bus_zap_log_refusal(self->zap, BUS_ZAP_INPUT, f->user_id, "", denied);
+        return 0;
+    }
+    if (why) {
+        self->malformed++;
+        ac_warn("dropped a message from the input (%zu frames, %zu bytes first): %s", f->n,
+                f->n ? f->len[0] : 0, why);
+        return 0;
+    }
+    return 1;
+}
+
 static void on_input(ac_zsock_t *s, void *arg)
 {
     bus_t *self = arg;
+    input_check_t c;
+    c.self = self;
     for (int i = 0; i < FORWARD_BATCH; i++) {
-        ac_frames_t f;
-        const char *why;
-        char source[AC_TOPIC_MAX], denied[256];
-        uint64_t sequence = 0;
-        int rc = ac_zsock_recv(s, &f);
+        int forwarded = 0;
+        /* XPUB never blocks: a subscriber whose queue is full misses the message */
+        int rc = ac_zsock_forward(s, self->output, input_check, &c, &forwarded, NULL);
         if (rc == AC_ERR_AGAIN)
             break;
-        if (rc != 0)
+        if (rc != 0 || !forwarded)
             continue;
-        why = check_message(&f, source, sizeof(source), &sequence);
-        if (!why && check_publisher(self, &f, source, denied, sizeof(denied))) {
-            self->unauthorised++;
-            bus_zap_log_refusal(self->zap, BUS_ZAP_INPUT, f.user_id, "", denied);
-        } else if (why) {
-            self->malformed++;
-            ac_warn("dropped a message from the input (%zu frames, %zu bytes first): %s", f.n,
-                    f.n ? f.len[0] : 0, why);
-        } else {
-            const void *data[2] = {f.data[0], f.data[1]};
-            /* XPUB never blocks: a subscriber whose queue is full misses the message */
-            if (ac_zsock_send(self->output, data, f.len, 2) == 0) {
-                self->forwarded++;
-                if (self->on_forwarded)
-                    self->on_forwarded(self->forwarded_arg, source, sequence,
-                                       (const char *)f.data[0]);
-            }
-        }
-        ac_frames_clear(&f);
+        self->forwarded++;
+        if (self->on_forwarded)
+            self->on_forwarded(self->forwarded_arg, c.source, c.sequence, c.topic);
     }
 }
 
@@ -181,12 +213,55 @@ static void seen_keys_clear(bus_t *self)
     self->noutput_keys = 0;
 }
 
+static void seen_key_every_topic(bus_seen_key_t *e)
+{
+    for (size_t j = 0; j < e->ntopics; j++)
+        free(e->topics[j]);
+    free(e->topics);
+    e->topics = NULL;
+    e->ntopics = 0;
+}
+
+/* Adds to e the topics of k it does not cover yet, so that e is the widest set the key
+ * has had since the output was created: a key widened, subscribed, then narrowed back
+ * has lost rights (its subscriptions were applied under the wider set). Out of memory:
+ * every topic, so that any narrowing counts. */
+static void seen_key_widen(bus_seen_key_t *e, const bus_key_t *k)
+{
+    if (e->ntopics == 0)
+        return; /* every topic already */
+    if (k->ntopics == 0) {
+        seen_key_every_topic(e);
+        return;
+    }
+    for (size_t i = 0; i < k->ntopics; i++) {
+        int covered = 0;
+        char **grown;
+        for (size_t j = 0; j < e->ntopics && !covered; j++)
+            covered = strncmp(k->topics[i], e->topics[j], strlen(e->topics[j])) == 0;
+        if (covered)
+            continue;
+        grown = realloc(e->topics, (e->ntopics + 1) * sizeof(*grown));
+        if (grown != NULL)
+            e->topics = grown;
+        if (grown == NULL || (e->topics[e->ntopics] = strdup(k->topics[i])) == NULL) {
+            ac_error("out of memory: key %s now counts as seeing every topic", e->public_key);
+            seen_key_every_topic(e);
+            return;
+        }
+        e->ntopics++;
+    }
+}
+
 void bus_output_key_seen(bus_t *self, const bus_key_t *k)
 {
     bus_seen_key_t *grown, *e;
-    for (size_t i = 0; i < self->noutput_keys; i++)
-        if (strcmp(self->output_keys[i].public_key, k->public_key) == 0)
-            return; /* the snapshot of its first entry stays the reference */
+    for (size_t i = 0; i < self->noutput_keys; i++) {
+        if (strcmp(self->output_keys[i].public_key, k->public_key) == 0) {
+            seen_key_widen(&self->output_keys[i], k);
+            return;
+        }
+    }
     grown = realloc(self->output_keys, (self->noutput_keys + 1) * sizeof(*grown));
     if (grown == NULL) {
         ac_error("out of memory: a later revocation of key %s may not cut it off", k->public_key);
@@ -233,7 +308,8 @@ static int output_open(bus_t *self)
     if (!s)
         return AC_ERR_IO;
     if (ac_zsock_set_hwm(s, (int)self->cfg->hwm, 1000) || ac_zsock_set_xpub_manual(s, 1) ||
-        ac_zsock_set_curve_server(s, &self->curve, BUS_ZAP_OUTPUT)) {
+        ac_zsock_set_curve_server(s, &self->curve, BUS_ZAP_OUTPUT) ||
+        bus_conns_watch(&self->conns[BUS_DOMAIN_OUTPUT], self, BUS_ZAP_OUTPUT, s)) {
         ac_zsock_destroy(&s);
         return AC_ERR_IO;
     }
@@ -288,6 +364,12 @@ static void on_keys_changed(void *arg)
             return;
         }
     }
+    /* nobody lost rights: remember widenings, so that narrowing back counts later */
+    for (size_t i = 0; i < self->noutput_keys; i++) {
+        const bus_key_t *now = bus_keys_find(self->keys, self->output_keys[i].public_key);
+        if (now != NULL)
+            seen_key_widen(&self->output_keys[i], now);
+    }
 }
 
 static void on_stats(struct ev_loop *loop, ev_timer *w, int revents)
@@ -303,6 +385,10 @@ static void on_stats(struct ev_loop *loop, ev_timer *w, int revents)
             (unsigned long long)self->auth_failures[BUS_DOMAIN_REPLAY],
             (unsigned long long)self->unauthorised, (unsigned long long)self->topics_denied,
             (unsigned long long)self->output_recreated);
+    ac_info("connected now: input=%llu output (subscribers)=%llu replay=%llu",
+            (unsigned long long)self->conns[BUS_DOMAIN_INPUT].connections,
+            (unsigned long long)self->conns[BUS_DOMAIN_OUTPUT].connections,
+            (unsigned long long)self->conns[BUS_DOMAIN_REPLAY].connections);
 }
 
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
@@ -329,7 +415,8 @@ int bus_setup(bus_t *self, struct ev_loop *loop, const bus_config_t *cfg)
     if (!self->keys || !(self->zap = bus_zap_new(self)))
         return AC_ERR_IO;
     self->input = ac_zsock_new(loop, AC_ZSOCK_XSUB);
-    if (!self->input || output_open(self) != 0)
+    if (!self->input || output_open(self) != 0 ||
+        bus_conns_watch(&self->conns[BUS_DOMAIN_INPUT], self, BUS_ZAP_INPUT, self->input))
         return AC_ERR_IO;
     if (ac_zsock_set_hwm(self->input, 1000, (int)cfg->hwm) ||
         ac_zsock_set_maxmsgsize(self->input, cfg->max_msg) ||
@@ -360,6 +447,8 @@ void bus_teardown(bus_t *self)
     ev_timer_stop(self->loop, &self->output_rebind);
     ac_zsock_destroy(&self->output);
     ac_zsock_destroy(&self->input);
+    for (int d = 0; d < BUS_DOMAINS; d++)
+        bus_conns_clear(&self->conns[d]); /* after every socket (replay: history_teardown) */
     seen_keys_clear(self);
     bus_zap_destroy(&self->zap); /* after every CURVE socket */
     bus_keys_destroy(&self->keys);

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "ac_bus.h"
+#include "conns.h"
 #include "heartbeat.h"
 #include "keys.h"
 #include "zap.h"
@@ -42,6 +43,8 @@ typedef struct bus_config {
     long heartbeat_ms;     /* AC_BUS_HEARTBEAT_MS: period of bus.heartbeat */
     long replay_batch;     /* AC_BUS_REPLAY_BATCH: outbox rows per replay query */
     long replay_max;       /* AC_BUS_REPLAY_MAX: replays running at once */
+    long replay_per_key;   /* AC_BUS_REPLAY_PER_KEY: ... of them per client key */
+    long replay_stall_s;   /* AC_BUS_REPLAY_STALL_S: a paused replay is dropped after this */
     char *http_addr;       /* AC_BUS_HTTP_ADDR: /healthz, /metrics, /v1/stats */
     int http_port;         /* AC_BUS_HTTP_PORT */
     char *db;              /* AC_BUS_DB: libpq conninfo (role ac_bus) */
@@ -66,6 +69,8 @@ typedef struct bus {
     uint64_t unsubscribes;
     /* security (zap.c, bus.c): refused handshakes per ZAP domain, see bus_domain_t */
     uint64_t auth_failures[BUS_DOMAINS];
+    /* connections and failed handshakes per socket (conns.c), see bus_domain_t */
+    bus_conns_t conns[BUS_DOMAINS];
     uint64_t unauthorised;     /* input messages dropped: not a service key, or another source */
     uint64_t topics_denied;    /* output subscriptions (or parts) refused by a key's topics */
     uint64_t output_recreated; /* times the output was re-created (a key revoked/narrowed) */

@@ -13,7 +13,7 @@
 
 static void beat(bus_heartbeat_t *self)
 {
-    size_t n = bus_sources_count(self->sources);
+    size_t n = bus_sources_count(self->sources), known = 0;
     Aftercare__V1__SourcePosition pos[BUS_SOURCES_MAX];
     Aftercare__V1__SourcePosition *ppos[BUS_SOURCES_MAX];
     Aftercare__V1__BusHeartbeat hb = AFTERCARE__V1__BUS_HEARTBEAT__INIT;
@@ -27,13 +27,16 @@ static void beat(bus_heartbeat_t *self)
         return; /* being re-created (a key was revoked): the next beat goes out */
     for (size_t i = 0; i < n; i++) {
         const bus_source_t *s = bus_sources_at(self->sources, i);
-        aftercare__v1__source_position__init(&pos[i]);
-        pos[i].source = (char *)(uintptr_t)s->name;
-        pos[i].last_sequence = bus_source_last_sequence(s);
-        pos[i].oldest_sequence = s->has_position ? s->position.oldest_seq : 0;
-        ppos[i] = &pos[i];
+        if (!s->has_position)
+            continue; /* not read yet: a 0 would tell a tail to start at 1 */
+        aftercare__v1__source_position__init(&pos[known]);
+        pos[known].source = (char *)(uintptr_t)s->name;
+        pos[known].last_sequence = bus_source_last_sequence(s);
+        pos[known].oldest_sequence = s->position.oldest_seq;
+        ppos[known] = &pos[known];
+        known++;
     }
-    hb.n_sources = n;
+    hb.n_sources = known;
     hb.sources = ppos;
     hb.beat = self->beat + 1;
     hb.bus_instance = self->instance;

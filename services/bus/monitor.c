@@ -36,6 +36,11 @@ static const char *const DOMAIN_NAMES[BUS_DOMAINS] = {
     [BUS_DOMAIN_OUTPUT] = BUS_ZAP_OUTPUT,
     [BUS_DOMAIN_REPLAY] = BUS_ZAP_REPLAY,
 };
+static const char *const SOCKET_NAMES[BUS_DOMAINS] = {
+    [BUS_DOMAIN_INPUT] = "input",
+    [BUS_DOMAIN_OUTPUT] = "output",
+    [BUS_DOMAIN_REPLAY] = "replay",
+};
 
 /* name="value" with the value escaped for the Prometheus text format. */
 static const char *label(char *out, size_t outlen, const char *name, const char *value)
@@ -71,6 +76,12 @@ static const struct {
     {"topics_denied_total", AC_METRIC_COUNTER, "Output subscriptions refused by a key's topics"},
     {"auth_failures_total", AC_METRIC_COUNTER, "CURVE handshakes refused, per ZAP domain"},
     {"output_subscriptions", AC_METRIC_GAUGE, "Subscriptions applied on the output now"},
+    {"subscribers", AC_METRIC_GAUGE, "Subscribers connected to the output now"},
+    {"connections", AC_METRIC_GAUGE, "Peers connected past the handshake now, per socket"},
+    {"connections_accepted_total", AC_METRIC_COUNTER, "TCP connections accepted, per socket"},
+    {"handshake_failures_total", AC_METRIC_COUNTER,
+     "Handshakes failed, per socket and reason (refused: by the ZAP handler; not_curve, "
+     "cryptographic, protocol, not_zmtp, incomplete: before it)"},
     {"keys_loaded", AC_METRIC_GAUGE, "Live bus keys in the cache (0 before the first load)"},
     {"db_up", AC_METRIC_GAUGE, "1 when the bus's database pool has a connection"},
     {"heartbeats_total", AC_METRIC_COUNTER, "bus.heartbeat messages sent"},
@@ -80,6 +91,8 @@ static const struct {
     {"replay_errors_total", AC_METRIC_COUNTER, "Replays answered with ReplayError, per code"},
     {"replay_events_total", AC_METRIC_COUNTER, "Events sent by replays"},
     {"replay_peers_gone_total", AC_METRIC_COUNTER, "Replays dropped: the client went away"},
+    {"replay_stalled_total", AC_METRIC_COUNTER,
+     "Replays dropped: the client did not read for AC_BUS_REPLAY_STALL_S"},
     {"replay_active", AC_METRIC_GAUGE, "Replays running now"},
     {"source_last_sequence", AC_METRIC_GAUGE, "Latest sequence the bus knows was published"},
     {"source_oldest_sequence", AC_METRIC_GAUGE, "Oldest sequence replay can serve (0: none)"},
@@ -107,6 +120,19 @@ static void on_render(ac_metrics_t *m, void *arg)
         ac_metrics_set_counter(m, "auth_failures_total",
                                label(lbl, sizeof(lbl), "domain", DOMAIN_NAMES[d]),
                                (double)bus->auth_failures[d]);
+    ac_metrics_set(m, "subscribers", NULL, (double)bus->conns[BUS_DOMAIN_OUTPUT].connections);
+    for (int d = 0; d < BUS_DOMAINS; d++) {
+        const bus_conns_t *c = &bus->conns[d];
+        char both[2 * LABEL_MAX];
+        label(lbl, sizeof(lbl), "socket", SOCKET_NAMES[d]);
+        ac_metrics_set(m, "connections", lbl, (double)c->connections);
+        ac_metrics_set_counter(m, "connections_accepted_total", lbl, (double)c->accepted);
+        for (int r = 0; r < BUS_HS_REASONS; r++) {
+            size_t n = (size_t)snprintf(both, sizeof(both), "%s,", lbl);
+            label(both + n, sizeof(both) - n, "reason", bus_hs_reason_name(r));
+            ac_metrics_set_counter(m, "handshake_failures_total", both, (double)c->failures[r]);
+        }
+    }
     ac_metrics_set(
         m, "output_subscriptions", NULL,
         bus->subscribes > bus->unsubscribes ? (double)(bus->subscribes - bus->unsubscribes) : 0.);
@@ -123,6 +149,7 @@ static void on_render(ac_metrics_t *m, void *arg)
     ac_metrics_set_counter(m, "replay_completed_total", NULL, (double)rs.completed);
     ac_metrics_set_counter(m, "replay_events_total", NULL, (double)rs.events);
     ac_metrics_set_counter(m, "replay_peers_gone_total", NULL, (double)rs.peers_gone);
+    ac_metrics_set_counter(m, "replay_stalled_total", NULL, (double)rs.stalled);
     ac_metrics_set(m, "replay_active", NULL, (double)rs.active);
     for (int c = 1; c < BUS_REPLAY_CODES; c++)
         ac_metrics_set_counter(m, "replay_errors_total",
@@ -155,11 +182,14 @@ static json_t *stats_doc(bus_monitor_t *self)
     bus_t *bus = self->bus;
     bus_replay_stats_t rs = {0};
     json_t *doc = json_object(), *auth = json_object(), *topics = json_array(),
-           *sources = json_array(), *replay = json_object(), *errors = json_object();
+           *sources = json_array(), *replay = json_object(), *errors = json_object(),
+           *conns = json_object(), *failures = json_object();
 
-    if (!doc || !auth || !topics || !sources || !replay || !errors) {
+    if (!doc || !auth || !topics || !sources || !replay || !errors || !conns || !failures) {
         json_decref(doc);
         json_decref(auth);
+        json_decref(conns);
+        json_decref(failures);
         json_decref(topics);
         json_decref(sources);
         json_decref(replay);
@@ -187,6 +217,17 @@ static json_t *stats_doc(bus_monitor_t *self)
     for (int d = 0; d < BUS_DOMAINS; d++)
         json_object_set_new(auth, DOMAIN_NAMES[d], json_u64(bus->auth_failures[d]));
     json_object_set_new(doc, "auth_failures", auth);
+    json_object_set_new(doc, "subscribers", json_u64(bus->conns[BUS_DOMAIN_OUTPUT].connections));
+    for (int d = 0; d < BUS_DOMAINS; d++) {
+        const bus_conns_t *c = &bus->conns[d];
+        json_t *by_reason = json_object();
+        for (int r = 0; by_reason && r < BUS_HS_REASONS; r++)
+            json_object_set_new(by_reason, bus_hs_reason_name(r), json_u64(c->failures[r]));
+        json_object_set_new(conns, SOCKET_NAMES[d], json_u64(c->connections));
+        json_object_set_new(failures, SOCKET_NAMES[d], by_reason);
+    }
+    json_object_set_new(doc, "connections", conns);
+    json_object_set_new(doc, "handshake_failures", failures);
 
     for (size_t i = 0; i < bus_sources_ntopics(bus->sources); i++) {
         const bus_topic_stat_t *t = bus_sources_topic(bus->sources, i);
@@ -225,6 +266,7 @@ static json_t *stats_doc(bus_monitor_t *self)
     json_object_set_new(replay, "completed", json_u64(rs.completed));
     json_object_set_new(replay, "events", json_u64(rs.events));
     json_object_set_new(replay, "peers_gone", json_u64(rs.peers_gone));
+    json_object_set_new(replay, "stalled", json_u64(rs.stalled));
     for (int c = 1; c < BUS_REPLAY_CODES; c++)
         json_object_set_new(errors, bus_replay_code_name(c), json_u64(rs.errors[c]));
     json_object_set_new(replay, "errors", errors);

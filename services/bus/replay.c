@@ -45,6 +45,7 @@
 #define PEER_ID_MAX       255
 #define READ_BURST        256 /* requests read per wake-up */
 #define RETRY_S           0.002
+#define WATCH_S           1.0  /* paused streams are checked this often */
 #define STREAMS_MAX_EXTRA 1024 /* answers waiting for room, beyond the running streams */
 #define SNDHWM            5000 /* per client: ~3 MB of envelopes queued in libzmq */
 #define LOG_BURST         10   /* garbage log lines per LOG_WINDOW_S */
@@ -81,9 +82,10 @@ typedef struct stream {
     uint64_t cur_covers;
     bus_batch_t *ahead; /* rows read ahead (owned) */
     uint64_t ahead_covers;
-    int is_paused;          /* the client's queue was full */
-    const char *final_kind; /* FINISHING: KIND_END or KIND_ERROR */
-    uint8_t *final_body;    /* owned */
+    int is_paused;           /* the client's queue was full */
+    ev_tstamp stalled_since; /* paused without a send since then; 0: not stalled */
+    const char *final_kind;  /* FINISHING: KIND_END or KIND_ERROR */
+    uint8_t *final_body;     /* owned */
     size_t final_len;
 } stream_t;
 
@@ -97,6 +99,7 @@ struct bus_replay {
     unsigned nrunning;      /* STARTING + RUNNING */
     unsigned npaused;
     ev_timer retry; /* resumes paused streams when writable gave no progress */
+    ev_timer watch; /* while any stream is paused: drops stalled ones, notices gone peers */
     bus_replay_stats_t stats;
     ev_tstamp log_window_at; /* garbage logging: start of the window */
     unsigned log_in_window;
@@ -219,7 +222,9 @@ static void stream_free(stream_t *st)
     free(st);
 }
 
-/* Ends the stream's work; only `body` (taken) is left to send. */
+/* Ends the stream's work; only `body` (taken) is left to send. kind NULL: nothing is left
+ * (out of memory), the next stream_pump() frees the stream. Never frees st itself, so
+ * that its callers (stream_fail(), stream_end()) leave st valid for theirs. */
 static void stream_finish(stream_t *st, const char *kind, uint8_t *body, size_t len)
 {
     if (st->state != STREAM_FINISHING)
@@ -265,7 +270,7 @@ static void stream_fail(stream_t *st, int code, uint64_t oldest, uint64_t latest
     ac_info("replay %s: %s: %s", st->request_id, bus_replay_code_name(code), msg);
     if (pack_error(st->request_id, code, oldest, latest, msg, &body, &len) != 0) {
         ac_error("replay %s: out of memory answering", st->request_id);
-        stream_free(st);
+        stream_finish(st, NULL, NULL, 0); /* stream_pump() drops it: st stays valid here */
         return;
     }
     stream_finish(st, KIND_ERROR, body, len);
@@ -286,7 +291,7 @@ static void stream_end(stream_t *st)
     len = aftercare__v1__replay_end__get_packed_size(&e);
     if (!(body = malloc(len ? len : 1))) {
         ac_error("replay %s: out of memory ending", st->request_id);
-        stream_free(st);
+        stream_finish(st, NULL, NULL, 0); /* stream_pump() drops it: st stays valid here */
         return;
     }
     aftercare__v1__replay_end__pack(&e, body);
@@ -356,6 +361,10 @@ static void stream_pause(stream_t *st)
         return;
     st->is_paused = 1;
     self->npaused++;
+    if (st->stalled_since == 0)
+        st->stalled_since = ev_now(self->bus->loop);
+    if (!ev_is_active(&self->watch))
+        ev_timer_again(self->bus->loop, &self->watch);
     if (!ev_is_active(&self->retry))
         ac_zsock_on_writable(self->sock, on_writable, self);
 }
@@ -393,6 +402,34 @@ static void on_writable(ac_zsock_t *s, void *arg)
 static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
 {
     resume_paused(ac_container_of(w, bus_replay_t, retry));
+}
+
+/* Every WATCH_S while a stream is paused: drops the streams whose client has not read for
+ * AC_BUS_REPLAY_STALL_S (each holds a replay slot), and tries the others, so that a client
+ * that went away is noticed even when no other client makes the socket writable. */
+static void on_watch(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    bus_replay_t *self = ac_container_of(w, bus_replay_t, watch);
+    ev_tstamp now = ev_now(loop);
+    stream_t *st, *next;
+
+    for (st = self->streams.next; st != &self->streams; st = next) {
+        next = st->next;
+        if (!st->is_paused || now - st->stalled_since < (ev_tstamp)self->bus->cfg->replay_stall_s)
+            continue;
+        ac_warn("replay %s: the client has not read for %lds; stream dropped after %llu events",
+                st->request_id, self->bus->cfg->replay_stall_s, (unsigned long long)st->events);
+        self->stats.stalled++;
+        stream_free(st);
+    }
+    if (self->npaused == 0) {
+        ev_timer_stop(loop, w);
+        return;
+    }
+    if (!ev_is_active(&self->retry)) { /* try the others now (via on_retry) */
+        ev_timer_set(&self->retry, 0., 0.);
+        ev_timer_start(loop, &self->retry);
+    }
 }
 
 /* --- queries ------------------------------------------------------------------------------ */
@@ -474,6 +511,8 @@ static void stream_query(stream_t *st)
     /* the window: AC_BUS_REPLAY_BATCH sequences, within the stream's end (or the request's
      * to_sequence before the end is known; the query caps it at the latest) */
     window_end = st->query_from + (uint64_t)self->bus->cfg->replay_batch - 1;
+    if (window_end > INT64_MAX) /* sequences are bigint: from near INT64_MAX, to 0 */
+        window_end = INT64_MAX;
     limit = st->state == STREAM_STARTING ? st->to_seq : st->end_seq;
     if (limit != 0 && window_end > limit)
         window_end = limit;
@@ -557,6 +596,11 @@ static void stream_pump(stream_t *st)
     bus_replay_t *self = st->owner;
     for (;;) {
         int rc;
+        if (st->state == STREAM_FINISHING && st->final_kind == NULL) {
+            self->stats.replies_dropped++;
+            stream_free(st);
+            return;
+        }
         if (st->state == STREAM_FINISHING) {
             rc = send_to(self, st->peer, st->peer_len, st->final_kind, st->final_body,
                          st->final_len);
@@ -594,6 +638,7 @@ static void stream_pump(stream_t *st)
                 }
                 st->cur_i++;
                 st->events++;
+                st->stalled_since = 0;
                 self->stats.events++;
             }
             st->covered = st->cur_covers;
@@ -611,6 +656,7 @@ static void stream_pump(stream_t *st)
             stream_end(st);
             continue;
         }
+        st->stalled_since = 0;
         return; /* waiting for a query */
     }
 }
@@ -625,6 +671,15 @@ static stream_t *stream_find(bus_replay_t *self, const uint8_t *peer, size_t pee
             memcmp(st->peer, peer, peer_len) == 0 && strcmp(st->request_id, request_id) == 0)
             return st;
     return NULL;
+}
+
+/* The streams of this key still running (STARTING or RUNNING). */
+static unsigned key_streams(const bus_replay_t *self, const char *public_key)
+{
+    unsigned n = 0;
+    for (const stream_t *st = self->streams.next; st != &self->streams; st = st->next)
+        n += st->state != STREAM_FINISHING && strcmp(st->key, public_key) == 0;
+    return n;
 }
 
 static void handle_request(bus_replay_t *self, const ac_frames_t *f)
@@ -733,6 +788,13 @@ static void handle_request(bus_replay_t *self, const ac_frames_t *f)
                     self->nrunning);
         goto out;
     }
+    if (key_streams(self, key->public_key) >= (unsigned)self->bus->cfg->replay_per_key) {
+        reply_error(self, peer, peer_len, req->request_id, BUS_REPLAY_BUSY, 0, 0,
+                    "this key has %ld replays running (AC_BUS_REPLAY_PER_KEY); retry after "
+                    "a moment",
+                    self->bus->cfg->replay_per_key);
+        goto out;
+    }
     if (!(st = stream_new(self, peer, peer_len))) {
         reply_error(self, peer, peer_len, req->request_id, BUS_REPLAY_UNAVAILABLE, 0, 0,
                     "out of memory");
@@ -787,11 +849,13 @@ bus_replay_t *bus_replay_new(bus_t *bus, bus_store_t *store, bus_sources_t *sour
     self->sources = sources;
     self->streams.next = self->streams.prev = &self->streams;
     ev_timer_init(&self->retry, on_retry, RETRY_S, 0.);
+    ev_timer_init(&self->watch, on_watch, 0., WATCH_S);
     self->sock = ac_zsock_new(bus->loop, AC_ZSOCK_ROUTER);
     if (!self->sock || ac_zsock_set_router_mandatory(self->sock, 1) ||
         ac_zsock_set_hwm(self->sock, SNDHWM, 1000) ||
         ac_zsock_set_maxmsgsize(self->sock, cfg->max_msg) ||
         ac_zsock_set_curve_server(self->sock, &bus->curve, BUS_ZAP_REPLAY) ||
+        bus_conns_watch(&bus->conns[BUS_DOMAIN_REPLAY], bus, BUS_ZAP_REPLAY, self->sock) ||
         ac_zsock_bind(self->sock, cfg->replay_bind)) {
         ac_error("replay: cannot serve on %s", cfg->replay_bind);
         bus_replay_destroy(&self);
@@ -811,6 +875,7 @@ void bus_replay_destroy(bus_replay_t **self_p)
     while (self->streams.next != &self->streams)
         stream_free(self->streams.next);
     ev_timer_stop(self->bus->loop, &self->retry);
+    ev_timer_stop(self->bus->loop, &self->watch);
     ac_zsock_destroy(&self->sock);
     free(self);
     *self_p = NULL;

@@ -45,7 +45,8 @@ typedef struct bus_replay_stats {
     uint64_t events;                   /* replay.event messages sent */
     uint64_t peers_gone;               /* streams dropped because the client went away */
     uint64_t replies_dropped;          /* answers that could not be queued */
-    unsigned active;                   /* streams running now */
+    uint64_t stalled; /* streams dropped: the client did not read for AC_BUS_REPLAY_STALL_S */
+    unsigned active;  /* streams running now */
 } bus_replay_stats_t;
 
 /* Binds the replay socket (after the ZAP handler is bound). NULL on failure (logged). */

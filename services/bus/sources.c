@@ -207,6 +207,14 @@ void bus_sources_on_forwarded(bus_sources_t *self, const char *source, uint64_t 
     int i = bus_sources_find(self, source);
     if (i >= 0 && sequence > self->sources[i].forwarded_seq)
         self->sources[i].forwarded_seq = sequence;
+    /* beyond the outbox position last read (bus_source_last_sequence() caps at it): read it
+     * again soon rather than in up to REFRESH_S (at most once per REFRESH_FIRST_S) */
+    if (i >= 0 && self->sources[i].has_position && sequence > self->sources[i].position.last_seq &&
+        ev_is_active(&self->refresh) &&
+        ev_timer_remaining(self->loop, &self->refresh) > REFRESH_FIRST_S) {
+        self->refresh.repeat = REFRESH_FIRST_S;
+        ev_timer_again(self->loop, &self->refresh);
+    }
     topic_get(self, topic)->forwarded++;
 }
 
@@ -303,7 +311,12 @@ const char *const *bus_sources_schemas(const bus_sources_t *self)
 
 uint64_t bus_source_last_sequence(const bus_source_t *s)
 {
-    return s->forwarded_seq > s->start_seq ? s->forwarded_seq : s->start_seq;
+    uint64_t last = s->forwarded_seq > s->start_seq ? s->forwarded_seq : s->start_seq;
+    /* an envelope's sequence is the publisher's word: never report beyond what its outbox
+     * has numbered (a bad one would make every consumer replay forever) */
+    if (s->has_position && last > s->position.last_seq)
+        last = s->position.last_seq;
+    return last;
 }
 
 uint64_t bus_source_lag(const bus_source_t *s)

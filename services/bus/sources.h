@@ -67,7 +67,9 @@ const char *const *bus_sources_schemas(const bus_sources_t *self);
 void bus_sources_on_forwarded(bus_sources_t *self, const char *source, uint64_t sequence,
                               const char *topic);
 
-/* The latest sequence the bus knows was published: max(forwarded, last_seq at start). */
+/* The latest sequence the bus knows was published: max(forwarded, last_seq at start),
+ * capped at the outbox's last_seq as last read (an envelope cannot push it beyond what
+ * the outbox numbered; an honest event just forwarded shows within REFRESH_FIRST_S). */
 uint64_t bus_source_last_sequence(const bus_source_t *s);
 /* Committed events not yet through the bus: unnumbered rows + numbered ones beyond
  * bus_source_last_sequence(). 0 before the first read. */

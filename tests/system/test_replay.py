@@ -329,6 +329,7 @@ def test_bad_requests_are_answered(stack, replayer, db):
         dict(from_sequence=10, to_sequence=9),
         dict(from_sequence=latest + 2),
         dict(from_sequence=2 ** 63),
+        dict(from_sequence=2 ** 63 - 5),  # with to 0: the query window must not overflow
         dict(from_sequence=1, to_sequence=2 ** 64 - 1),
         dict(from_sequence=1, topic_prefix="t" * 200),
     ]
@@ -517,6 +518,42 @@ def test_slow_client_busy_and_gone(make_stack):
         other.close()
 
 
+def test_stalled_client_is_dropped_and_one_key_cannot_take_every_slot(make_stack):
+    s = make_stack("stall", bus_env={"AC_BUS_REPLAY_STALL_S": "2", "AC_BUS_REPLAY_PER_KEY": "1",
+                            "AC_BUS_REPLAY_BATCH": "500"})
+    db = s.db
+    s.keys.register(db, "other")  # before it connects: a refused handshake is not retried
+    s.probe()
+    insert_events(db, "ticket.created", 20000)
+    latest = wait_numbered(db, 120)
+    stuck = ReplayClient(s, rcvhwm=10)
+    same_key = ReplayClient(s)
+    other = ReplayClient(s, "other")
+    try:
+        stuck.request(from_sequence=1)
+        assert stuck.pump(5000) > 0  # it read a little, then stops reading
+        wait_until(lambda: stats(s)["replay"]["active"] == 1, 10, 0.1, "one active replay")
+        # the same key gets BUSY beyond AC_BUS_REPLAY_PER_KEY; another key is served
+        ans = same_key.replay(from_sequence=latest, to_sequence=latest)
+        assert ans.error is not None and ans.error.code == BUSY, ans
+        assert "AC_BUS_REPLAY_PER_KEY" in ans.error.message
+        ans = other.replay(from_sequence=latest - 5)
+        assert ans.sequences() == list(range(latest - 5, latest + 1)), ans
+        # nothing read for AC_BUS_REPLAY_STALL_S: the stream goes, without any other traffic
+        wait_until(lambda: stats(s)["replay"]["active"] == 0, 15, 0.2,
+                   "the stalled stream to be dropped")
+        assert stats(s)["replay"]["stalled"] == 1
+        assert metrics(s)["aftercare_bus_replay_stalled_total"] == 1
+        assert "the client has not read for 2s" in s.bus.log_text()
+        ans = same_key.replay(from_sequence=latest, to_sequence=latest)
+        assert ans.sequences() == [latest], ans
+        assert s.bus.alive()
+    finally:
+        stuck.close()
+        same_key.close()
+        other.close()
+
+
 def test_outbox_lag_is_visible(make_stack):
     s = make_stack()
     db = s.db
@@ -603,6 +640,24 @@ def test_heartbeat_every_second_with_the_latest_sequence(stack, db):
                     return True
             return False
         wait_until(carries_latest, 5, 0.1, "a heartbeat carrying sequence %d" % latest)
+    finally:
+        hb.close()
+
+
+def test_heartbeat_leaves_out_sources_not_read_yet(make_stack):
+    # aftercare/ghost has no outbox: its position is never known, so a heartbeat must not
+    # claim 0 for it (a tail without --from would start at 1 and print the whole history)
+    s = make_stack("ghost",
+                   bus_env={"AC_BUS_SOURCES": "aftercare/intake=intake,aftercare/ghost=ghost"})
+    s.probe()
+    hb = helpers.Subscriber(s.bus.output, b"bus.heartbeat", s.keys.client("systest"))
+    try:
+        wait_until(lambda: any(SOURCE in {p.source for p in env.bus_heartbeat.sources}
+                               for _, env in heartbeats(hb)), 10, 0.1,
+                   "a heartbeat carrying aftercare/intake")
+        wait_until(lambda: len(hb.messages()) >= 3, 10, 0.1, "three heartbeats")
+        for _, env in heartbeats(hb):
+            assert "aftercare/ghost" not in {p.source for p in env.bus_heartbeat.sources}
     finally:
         hb.close()
 

@@ -8,6 +8,7 @@ every refusal shows in the bus log.
 """
 
 import os
+import socket
 import stat
 import subprocess
 import time
@@ -182,6 +183,76 @@ def test_plain_client_receives_nothing(stack, sub):
     assert stack.bus.alive()
 
 
+def failures(stack, sock, reason):
+    return metric(stack, "handshake_failures_total", '{socket="%s",reason="%s"}' % (sock, reason))
+
+
+def test_failures_before_zap_are_counted_and_logged(stack):
+    """No CURVE, the wrong server key, or not ZeroMQ at all: the ZAP handler never hears of
+    them, yet each is counted per socket and reason, and logged."""
+    before = {(sock, reason): failures(stack, sock, reason)
+              for sock, reason in (("output", "not_curve"), ("output", "cryptographic"),
+                                   ("input", "not_zmtp"))}
+    # The wrong server key: the bus cannot open the client's HELLO.
+    public, secret = new_pair()
+    event, _ = handshake(stack.bus.output, zmq.SUB, (public, secret, new_pair()[0]))
+    assert event is not None and event != zmq.EVENT_HANDSHAKE_SUCCEEDED, event
+    # Not ZeroMQ at all.
+    with socket.create_connection(("127.0.0.1", stack.bus.input_port), timeout=5) as raw:
+        raw.sendall(b"GET / HTTP/1.0\r\n\r\n" * 8)
+        try:
+            while raw.recv(4096):  # until the bus hangs up (closing first could reset it)
+                pass
+        except ConnectionResetError:
+            pass  # it hung up on what it had not read
+    # No CURVE: the client sees the mismatch too and may hang up before the bus has read
+    # its greeting (then the bus counts an "incomplete" handshake), so a few tries.
+    for _ in range(20):
+        event, _ = handshake(stack.bus.output, zmq.SUB, None)
+        assert event is not None and event != zmq.EVENT_HANDSHAKE_SUCCEEDED, event
+        if failures(stack, "output", "not_curve") > before[("output", "not_curve")]:
+            break
+    for (sock, reason), n in before.items():
+        wait_until(lambda sock=sock, reason=reason, n=n: failures(stack, sock, reason) > n,
+                   10, 0.1, "a %s failure counted on the %s" % (reason, sock))
+    bus_log_has(stack, "on aftercare.output: handshake failed: the client does not use CURVE")
+    bus_log_has(stack, "on aftercare.output: handshake failed: CURVE boxes do not open")
+    bus_log_has(stack, "on aftercare.input: connection closed before a handshake")
+    r = requests.get(stack.bus.url + "/v1/stats", timeout=5,
+                     headers={"Authorization": "Bearer " + stack.tokens["admin"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["handshake_failures"]["output"]["not_curve"] >= 1
+    assert stack.bus.alive()
+
+
+def test_connected_subscribers_are_counted(make_stack):
+    s = make_stack("subscribers")
+
+    def count():
+        return metric(s, "subscribers")
+
+    assert count() == 0  # intake follows nothing: only the input is connected
+    assert metric(s, "connections", '{socket="input"}') == 1
+    # failed handshakes are no connections, and their closing takes none away
+    for _ in range(3):
+        event, _ = handshake(s.bus.output, zmq.SUB, stranger(s))
+        assert event == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    subs = [s.subscriber() for _ in range(3)]
+    wait_until(lambda: count() == 3, 10, 0.1, "3 subscribers")
+    assert metric(s, "connections", '{socket="output"}') == 3
+    env = dict(os.environ, AC_BUS_URL=s.bus.url, AC_TOKEN=s.tokens["admin"])
+    p = subprocess.run([CTL_BIN, "events", "stats"], env=env, capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert "subscribers 3," in p.stdout, p.stdout
+    subs.pop().close()
+    wait_until(lambda: count() == 2, 10, 0.1, "2 subscribers after one closed")
+    for sub in subs:
+        sub.close()
+    wait_until(lambda: count() == 0, 10, 0.1, "no subscribers after all closed")
+    assert metric(s, "handshake_failures_total", '{socket="output",reason="refused"}') == 3
+
+
 def test_unknown_key_cannot_publish(stack, sub):
     curve = stranger(stack)
     sock = zmq.Context.instance().socket(zmq.XPUB)
@@ -233,6 +304,69 @@ def test_service_key_cannot_publish_for_another_source(stack, sub):
         pub.close()
     bus_log_has(stack, 'envelope source "aftercare/intake" is not aftercare/testsvc')
     assert metric(stack, "unauthorised_total") >= before + 1
+
+
+def test_service_key_cannot_forge_a_heartbeat(stack, sub):
+    crm = unique("crm")
+    register(stack, crm, topics=["ticket."])
+    crm_sub = stack.subscriber(b"", key=crm)
+    pub = register_service(stack, unique("testsvc"))
+    try:
+        before = metric(stack, "unauthorised_total")
+        mark, crm_mark = sub.mark(), crm_sub.mark()
+        # its own source and a type matching the topic: only the bus may speak on bus.*
+        forged = envelope("bus.heartbeat", TEST_SOURCE, 1)
+        assert envelope_pb2.Envelope.FromString(forged[1]).type == "aftercare.bus.heartbeat.v1"
+        own = envelope("ticket.noted", TEST_SOURCE, 2)
+        pub.send(forged)
+        pub.send(own)
+        own_subject = envelope_pb2.Envelope.FromString(own[1]).subject
+        wait_until(lambda: own_subject in subjects(sub, mark), 10, 0.05, "its own event")
+        wait_until(lambda: own_subject in subjects(crm_sub, crm_mark), 10, 0.05,
+                   "its own event at the restricted key")
+        for s_ in (sub, crm_sub):
+            assert all(m.env is None or m.env.source != TEST_SOURCE
+                       for m in s_.messages() if m.topic == b"bus.heartbeat")
+    finally:
+        pub.close()
+    bus_log_has(stack, 'topic "bus.heartbeat" is reserved for the bus')
+    assert metric(stack, "unauthorised_total") >= before + 1
+
+
+def test_heartbeat_never_claims_more_than_the_outbox_numbered(make_stack):
+    s = make_stack("hbcap")
+    register(s, "intake2", "service", helpers.SOURCE)  # a buggy second key for the source
+    pub = Publisher(s, s.keys.client("intake2"))
+    hb = helpers.Subscriber(s.bus.output, b"bus.heartbeat", s.keys.client("systest"))
+    events = s.subscriber(b"ticket.")
+    try:
+        s.probe()
+        wait_until(lambda: s.db.scalar("SELECT count(*) FROM intake.outbox "
+                                       "WHERE sequence IS NULL") == 0, 30, 0.1, "numbering")
+        bogus = envelope("ticket.noted", helpers.SOURCE, 10 ** 9)
+        pub.send(bogus)
+        bogus_subject = envelope_pb2.Envelope.FromString(bogus[1]).subject
+        wait_until(lambda: bogus_subject in subjects(events), 10, 0.05, "the bogus event")
+        mark = len(hb.messages())
+        wait_until(lambda: len(hb.messages()) >= mark + 4, 10, 0.1, "four more heartbeats")
+        outbox_last = s.db.scalar("SELECT last_seq FROM intake.outbox_state")
+        for m in hb.messages()[mark:]:
+            pos = {p.source: p.last_sequence for p in m.env.bus_heartbeat.sources}
+            assert pos[helpers.SOURCE] <= outbox_last, (pos, outbox_last)
+
+        # an honest event still shows at once: the bus reads the outbox again soon
+        number = s.probe()
+        events.wait_for(number, "ticket.created")
+        latest = s.db.scalar("SELECT last_seq FROM intake.outbox_state")
+        mark = len(hb.messages())
+
+        def carries(seq):
+            return any({p.source: p.last_sequence for p in m.env.bus_heartbeat.sources}
+                       .get(helpers.SOURCE) == seq for m in hb.messages()[mark:])
+        wait_until(lambda: carries(latest), 5, 0.05, "a heartbeat carrying %d" % latest)
+    finally:
+        pub.close()
+        hb.close()
 
 
 def test_topic_limited_key_never_sees_other_topics(stack, sub):
@@ -289,6 +423,8 @@ def test_revoked_or_narrowed_key_is_cut_off_without_restart(make_stack):
     # the others reconnect by themselves and get the stream again
     numbers = s.await_flow(other, 20)
     s.await_flow(narrowed, 20)
+    # the re-created output is counted afresh: the two that came back, not the revoked one
+    wait_until(lambda: metric(s, "subscribers") == 2, 10, 0.1, "2 subscribers on the new output")
     time.sleep(0.5)
     assert not set(numbers) & subjects(victim), "the revoked key still receives events"
     assert_refused(s.bus.output, zmq.SUB, s.keys.client("victim"))
@@ -307,6 +443,38 @@ def test_revoked_or_narrowed_key_is_cut_off_without_restart(make_stack):
 
     assert s.bus.pid == bus_pid and s.bus.alive(), "the bus was restarted"
     assert s.intake.alive()
+
+
+def test_widened_then_narrowed_back_key_is_cut_off(make_stack):
+    s = make_stack("narrowback")
+    register(s, "crm", topics=["survey."])
+    # let into the output with [survey.]: "" becomes survey. and bus.heartbeat
+    first = helpers.Subscriber(s.bus.output, b"", s.keys.client("crm"))
+    wait_until(lambda: first.messages(), 10, 0.05, "a heartbeat at the key")
+    other = s.subscriber()
+
+    def keys_changed(sql):
+        reloads = s.bus.log_text().count("keys: reloaded")
+        s.db.rows(sql)
+        wait_until(lambda: s.bus.log_text().count("keys: reloaded") > reloads, 10, 0.02,
+                   "the bus to reload its keys")
+
+    recreated = s.bus.log_text().count("output re-created")
+    keys_changed("UPDATE auth.bus_keys SET topics = '{survey.,ticket.}' WHERE name = 'crm'")
+    tickets = helpers.Subscriber(s.bus.output, b"ticket.", s.keys.client("crm"))
+    try:
+        s.await_flow(tickets, 20)  # the widened key receives tickets
+        keys_changed("UPDATE auth.bus_keys SET topics = '{survey.}' WHERE name = 'crm'")
+        wait_until(lambda: s.bus.log_text().count("output re-created") > recreated, 5, 0.05,
+                   "the output to be re-created after narrowing back")
+        numbers = s.await_flow(other, 20)
+        mark = tickets.mark()
+        numbers += s.await_flow(other, 20)
+        time.sleep(0.5)
+        assert not set(numbers) & subjects(tickets, mark), "the narrowed key still sees tickets"
+    finally:
+        tickets.close()
+        first.close()
 
 
 # --------------------------------------------------------------------------- start-up
@@ -382,6 +550,11 @@ def test_keys_cli_validates_everything_and_changes_nothing_on_error(stack, tmp_p
          "topic prefix"),
         (["keys", "create", "n1", "--kind", "subscriber", "--topics", ",", "--out", out],
          "--topics"),
+        # an empty list would mean "every topic" in auth.bus_keys: refused, never stored
+        (["keys", "create", "n1", "--kind", "subscriber", "--topics", "", "--out", out],
+         "--topics is empty"),
+        (["keys", "allow", "n1", "--kind", "subscriber", "--public-key", new_pair()[0],
+          "--topics", ""], "--topics is empty"),
         (["keys", "create", "n1", "--kind", "subscriber", "--topics", "a.,a.", "--out", out],
          "twice"),
         (["keys", "create", "n1", "--kind", "subscriber"], "--out"),

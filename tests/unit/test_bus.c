@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 
 #include "bus/bus.c"
+#include "bus/conns.c"
 #include "bus/keys.c"
 #include "bus/zap.c"
 
@@ -386,15 +387,16 @@ static void test_only_a_service_key_publishes_its_own_source(void **state)
     assert_false(run_until(f, pub_ready, 0.5));
     assert_true(f->bus.auth_failures[BUS_DOMAIN_INPUT] >= 1);
 
-    /* the service key speaks for aftercare/test only */
+    /* the service key speaks for aftercare/test only, and never on bus.* (the bus's own) */
     publish(pub, "other", "ticket.created", 1); /* source aftercare/other */
+    publish(pub, "test", "bus.heartbeat", 1);   /* its own source, a matching type */
     publish(pub, "test", "ticket.created", 1);
     want_seen = 1;
     want_seen_of = &seen;
     assert_true(run_until(f, seen_enough, 5.));
     run_until(f, never, 0.2);
     assert_int_equal(seen.n, 1);
-    assert_int_equal(f->bus.unauthorised, 1);
+    assert_int_equal(f->bus.unauthorised, 2);
     assert_int_equal(f->bus.forwarded, 1);
     assert_int_equal(f->bus.malformed, 0);
 
@@ -493,9 +495,94 @@ static void test_revocation_recreates_the_output(void **state)
     ac_bus_sub_destroy(&sub);
 }
 
+/* Connections and failed handshakes from a socket monitor's events (conns.c): an outcome
+ * names no connection, yet the count stays right and failures keep their reasons. */
+static void test_connections_from_monitor_events(void **state)
+{
+    bus_t bus;
+    bus_zap_t zap;
+    bus_conns_t c;
+    (void)state;
+    memset(&bus, 0, sizeof(bus));
+    memset(&zap, 0, sizeof(zap));
+    memset(&c, 0, sizeof(c));
+    bus.loop = ev_loop_new(EVFLAG_AUTO);
+    bus.zap = &zap;
+    zap.bus = &bus;
+    c.bus = &bus;
+    c.domain = BUS_ZAP_OUTPUT;
+
+    /* a TCP port check (fd 10) waits in its handshake while a subscriber (11) gets in */
+    on_conn_event(&c, AC_ZEVENT_ACCEPTED, 10, "");
+    on_conn_event(&c, AC_ZEVENT_ACCEPTED, 11, "");
+    on_conn_event(&c, AC_ZEVENT_HANDSHAKE_SUCCEEDED, 0, "");
+    assert_int_equal(c.connections, 1);
+    /* the check gives up: its failure and close take no subscriber away */
+    on_conn_event(&c, AC_ZEVENT_HANDSHAKE_FAILED_NO_DETAIL, 104, "");
+    on_conn_event(&c, AC_ZEVENT_DISCONNECTED, 10, "");
+    assert_int_equal(c.connections, 1);
+    assert_int_equal(c.failures[BUS_HS_INCOMPLETE], 1);
+    /* garbage: closed without any handshake event */
+    on_conn_event(&c, AC_ZEVENT_ACCEPTED, 12, "");
+    on_conn_event(&c, AC_ZEVENT_DISCONNECTED, 12, "");
+    assert_int_equal(c.failures[BUS_HS_NOT_ZMTP], 1);
+    /* no CURVE, the wrong server key, a refused key */
+    on_conn_event(&c, AC_ZEVENT_ACCEPTED, 13, "");
+    on_conn_event(&c, AC_ZEVENT_HANDSHAKE_FAILED_PROTOCOL, AC_ZPROTO_ZMTP_MECHANISM_MISMATCH, "");
+    on_conn_event(&c, AC_ZEVENT_DISCONNECTED, 13, "");
+    on_conn_event(&c, AC_ZEVENT_ACCEPTED, 13, "");
+    on_conn_event(&c, AC_ZEVENT_HANDSHAKE_FAILED_PROTOCOL, AC_ZPROTO_ZMTP_CRYPTOGRAPHIC, "");
+    on_conn_event(&c, AC_ZEVENT_DISCONNECTED, 13, "");
+    on_conn_event(&c, AC_ZEVENT_ACCEPTED, 14, "");
+    on_conn_event(&c, AC_ZEVENT_HANDSHAKE_FAILED_AUTH, 400, "");
+    on_conn_event(&c, AC_ZEVENT_DISCONNECTED, 14, "");
+    assert_int_equal(c.failures[BUS_HS_NOT_CURVE], 1);
+    assert_int_equal(c.failures[BUS_HS_CRYPTOGRAPHIC], 1);
+    assert_int_equal(c.failures[BUS_HS_REFUSED], 1);
+    assert_int_equal(c.connections, 1);
+    /* a second subscriber, then both leave */
+    on_conn_event(&c, AC_ZEVENT_ACCEPTED, 15, "");
+    on_conn_event(&c, AC_ZEVENT_HANDSHAKE_SUCCEEDED, 0, "");
+    assert_int_equal(c.connections, 2);
+    on_conn_event(&c, AC_ZEVENT_DISCONNECTED, 11, "");
+    on_conn_event(&c, AC_ZEVENT_DISCONNECTED, 15, "");
+    assert_int_equal(c.connections, 0);
+    assert_int_equal(c.accepted, 7);
+    assert_int_equal(c.handshakes, 2);
+
+    bus_conns_clear(&c);
+    ev_loop_destroy(bus.loop);
+}
+
+/* ac_curve_write() never overwrites, and on failure removes only a file it created. */
+static void test_curve_write_leaves_other_files_alone(void **state)
+{
+    char dir[] = "/tmp/ac-test-curve-XXXXXX", path[64], err[512], text[32] = {0};
+    ac_curve_t pair;
+    FILE *fp;
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/other.key", dir);
+    fp = fopen(path, "w");
+    assert_non_null(fp);
+    fputs("someone else's\n", fp);
+    fclose(fp);
+    assert_int_equal(ac_curve_keypair(pair.public_key, pair.secret_key), 0);
+    assert_int_not_equal(ac_curve_write(path, &pair, NULL, err, sizeof(err)), 0);
+    fp = fopen(path, "r"); /* still there, untouched */
+    assert_non_null(fp);
+    assert_non_null(fgets(text, sizeof(text), fp));
+    fclose(fp);
+    assert_string_equal(text, "someone else's\n");
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_curve_write_leaves_other_files_alone),
+        cmocka_unit_test(test_connections_from_monitor_events),
         cmocka_unit_test_setup_teardown(test_only_a_service_key_publishes_its_own_source, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_topics_of_a_key_limit_what_it_sees, setup, teardown),

@@ -106,6 +106,60 @@ static void test_no_payload(void **state)
     assert_string_equal(env.subject, "");
 }
 
+/* ac_event_peek() reads what the bus checks without decoding, and agrees with a full
+ * decode on every truncation of a real envelope (a prefix cut inside a field fails both;
+ * a prefix cut between fields decodes, and peek reads the same header). */
+static void test_peek(void **state)
+{
+    Aftercare__V1__Ticket t = AFTERCARE__V1__TICKET__INIT;
+    size_t len;
+    ac_event_peek_t pk;
+    t.id = (char *)"0b3e4c9a-1111-4222-8333-444455556666";
+    t.number = (char *)"SV-20261122-000042";
+    uint8_t *buf = pack_created(&len, &t);
+    uint8_t *out = malloc(len + 11);
+    size_t n = ac_event_append_sequence(buf, len, 300, out);
+
+    assert_int_equal(ac_event_peek(out, n, &pk), 0);
+    assert_int_equal(pk.sequence, 300);
+    assert_int_equal(pk.source_len, strlen("aftercare/intake"));
+    assert_memory_equal(pk.source, "aftercare/intake", pk.source_len);
+    assert_int_equal(pk.type_len, strlen("aftercare.ticket.created.v1"));
+    assert_memory_equal(pk.type, "aftercare.ticket.created.v1", pk.type_len);
+    assert_int_equal(ac_event_peek(buf, len, &pk), 0); /* before the relay: no sequence */
+    assert_int_equal(pk.sequence, 0);
+    for (size_t cut = 0; cut < n; cut++) {
+        Aftercare__V1__Envelope *env = aftercare__v1__envelope__unpack(NULL, cut, out);
+        int rc = ac_event_peek(out, cut, &pk);
+        if (env == NULL) {
+            assert_int_not_equal(rc, 0);
+        } else {
+            assert_int_equal(rc, 0);
+            assert_int_equal(pk.sequence, env->sequence);
+            assert_int_equal(pk.source_len, strlen(env->source));
+            assert_int_equal(pk.type_len, strlen(env->type));
+            aftercare__v1__envelope__free_unpacked(env, NULL);
+        }
+    }
+    {
+        static const uint8_t wrong_type[] = {0x12, 0x01, 'a', 0x30, 0x05, 0x18, 0x07};
+        static const uint8_t group[] = {0x0b, 0x0c};
+        static const uint8_t field0[] = {0x02, 0x00};
+        static const uint8_t long_varint[] = {0x30, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                              0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
+        static const uint8_t unknown_ok[] = {0xf8, 0x07, 0x05, 0x22, 0x00, 0x30, 0x09};
+        assert_int_not_equal(ac_event_peek(wrong_type, sizeof(wrong_type), &pk), 0);
+        assert_int_not_equal(ac_event_peek(group, sizeof(group), &pk), 0);
+        assert_int_not_equal(ac_event_peek(field0, sizeof(field0), &pk), 0);
+        assert_int_not_equal(ac_event_peek(long_varint, sizeof(long_varint), &pk), 0);
+        assert_int_equal(ac_event_peek(unknown_ok, sizeof(unknown_ok), &pk), 0);
+        assert_int_equal(pk.sequence, 9);
+        assert_int_equal(pk.source_len, 0);
+    }
+    free(out);
+    free(buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -113,6 +167,7 @@ int main(void)
         cmocka_unit_test(test_truncated_and_garbage),
         cmocka_unit_test(test_topic_from_type),
         cmocka_unit_test(test_no_payload),
+        cmocka_unit_test(test_peek),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

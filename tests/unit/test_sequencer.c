@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -424,6 +425,105 @@ static void test_randomised_against_simulated_bus(void **state)
     }
 }
 
+/* H1: a database-mode batch fails after its pop passed over a long filtered range; the
+ * events offered back that no longer fit the window must be fetched again, never passed
+ * over as filtered. */
+static void test_refused_offer_is_never_skipped(void **state)
+{
+    ac_seq_t *s = ac_seq_new(16, item_free);
+    uint64_t from, to, seq;
+    void *it;
+    ac_seq_reset(s, 1);
+    ac_seq_set_filtered(s, 1);
+    assert_int_equal(ac_seq_want_replay(s, &from, &to), AC_SEQ_REPLAY_INITIAL);
+    ac_seq_replay_begin(s, from, to);
+    ac_seq_replay_end(s, 40); /* 1..40 are other topics */
+    assert_null(ac_seq_pop(s, NULL));
+    assert_int_equal(ac_seq_next(s), 41); /* the checkpoint is still 0 */
+    assert_int_equal(offer(s, 50), AC_SEQ_BUFFERED);
+    ac_seq_note_latest(s, 100);
+    assert_int_equal(ac_seq_want_replay(s, &from, &to), AC_SEQ_REPLAY_GAP);
+    ac_seq_replay_begin(s, from, to);
+    ac_seq_replay_end(s, 100); /* 41..49 and 51..100 are other topics */
+    it = ac_seq_pop(s, &seq);  /* the batch: 50 */
+    assert_non_null(it);
+    assert_int_equal(seq, 50);
+    assert_null(ac_seq_pop(s, NULL)); /* passes over 51..100 */
+    assert_int_equal(ac_seq_next(s), 101);
+    /* the transaction fails: rewound too far back (the old checkpoint + 1), 50 is refused */
+    ac_seq_rewind(s, 1);
+    assert_int_equal(ac_seq_offer(s, 50, it), AC_SEQ_DROPPED);
+    item_free(it);
+    assert_null(ac_seq_pop(s, NULL));
+    assert_int_equal(ac_seq_next(s), 50); /* waits for 50, not past it */
+    assert_int_equal(ac_seq_want_replay(s, &from, &to), AC_SEQ_REPLAY_GAP);
+    assert_int_equal(from, 50);
+    /* rewinding to the batch's first event (what the consumer does) keeps it */
+    it = item(50);
+    assert_int_equal(ac_seq_offer(s, 50, it), AC_SEQ_BUFFERED);
+    ac_seq_rewind(s, 50);
+    assert_int_equal(pop_all(s, &seq, 1), 1);
+    assert_int_equal(seq, 50);
+    teardown_seq(&s);
+}
+
+/* M3: long filtered ranges are passed over at once, and reading what is ready does not
+ * walk them slot by slot. */
+static void test_filtered_range_is_passed_at_once(void **state)
+{
+    ac_seq_t *s = ac_seq_new(16, item_free);
+    uint64_t from, to, seq;
+    const uint64_t far = 400000000ULL;
+    clock_t t0;
+    double elapsed;
+    ac_seq_reset(s, 1);
+    ac_seq_set_filtered(s, 1);
+    assert_int_equal(ac_seq_want_replay(s, &from, &to), AC_SEQ_REPLAY_INITIAL);
+    ac_seq_replay_begin(s, from, to);
+    ac_seq_replay_end(s, far); /* nothing of ours in 1..far */
+    assert_int_equal(ac_seq_covered(s), far);
+    t0 = clock();
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(ac_seq_ready(s, 64), 0);
+    elapsed = (double)(clock() - t0) / CLOCKS_PER_SEC;
+    assert_true(elapsed < 0.5);
+    assert_int_equal(ac_seq_skip_filtered(s), far);
+    assert_int_equal(ac_seq_next(s), far + 1);
+    assert_int_equal(ac_seq_skip_filtered(s), 0);
+    /* a held event stops the skip */
+    ac_seq_replay_begin(s, far + 1, far + 100);
+    offer(s, far + 5);
+    ac_seq_replay_end(s, far + 100);
+    assert_int_equal(ac_seq_skip_filtered(s), 4);
+    assert_int_equal(ac_seq_ready(s, 64), 1);
+    assert_int_equal(pop_all(s, &seq, 1), 1);
+    assert_int_equal(seq, far + 5);
+    assert_int_equal(ac_seq_next(s), far + 101);
+    teardown_seq(&s);
+}
+
+/* M2: replays end short of what a heartbeat announced: lowering latest stops asking. */
+static void test_lower_latest_stops_asking(void **state)
+{
+    ac_seq_t *s = synced_at(11, 64);
+    uint64_t from, to;
+    ac_seq_note_latest(s, 20);
+    assert_int_equal(ac_seq_want_replay(s, &from, &to), AC_SEQ_REPLAY_GAP);
+    assert_int_equal(from, 11);
+    assert_int_equal(to, 20);
+    ac_seq_replay_begin(s, from, to);
+    ac_seq_replay_end(s, 10); /* the bus has nothing beyond 10 */
+    assert_int_equal(ac_seq_want_replay(s, &from, &to), AC_SEQ_REPLAY_GAP);
+    ac_seq_lower_latest(s, 10);
+    assert_int_equal(ac_seq_latest(s), 10);
+    assert_int_equal(ac_seq_want_replay(s, &from, &to), AC_SEQ_REPLAY_NONE);
+    ac_seq_lower_latest(s, 30); /* never raises */
+    assert_int_equal(ac_seq_latest(s), 10);
+    ac_seq_note_latest(s, 21); /* announced again */
+    assert_int_equal(ac_seq_want_replay(s, &from, &to), AC_SEQ_REPLAY_GAP);
+    teardown_seq(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -440,6 +540,9 @@ int main(void)
         cmocka_unit_test(test_abort_allows_another),
         cmocka_unit_test(test_catchup_after_silence),
         cmocka_unit_test(test_randomised_against_simulated_bus),
+        cmocka_unit_test(test_refused_offer_is_never_skipped),
+        cmocka_unit_test(test_filtered_range_is_passed_at_once),
+        cmocka_unit_test(test_lower_latest_stops_asking),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -305,8 +305,7 @@ int ctl_keys_create(ctl_globals_t *g, int argc, char **argv)
     snprintf(comment, sizeof(comment), "%s %s", spec.name,
              is_bus ? "(the bus's own key)" : spec.kind);
     if (ac_curve_write(out, &pair, comment, err, sizeof(err)) != 0) {
-        ctl_err("%s", err);
-        unlink(out); /* a half-written file must not be mistaken for a key */
+        ctl_err("%s", err); /* ac_curve_write() removed what it created, nothing else */
         rc = CTL_EXIT_FAIL;
         goto out;
     }

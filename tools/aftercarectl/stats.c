@@ -25,8 +25,9 @@ static const char STATS_HELP[] =
     "Usage: aftercarectl events stats [--json] [--url URL] [--token TOKEN]\n"
     "\n"
     "Shows the bus's figures: latest and oldest sequence and outbox lag per source, events\n"
-    "forwarded and rates per topic, subscriptions, replays, drops and authentication\n"
-    "failures (GET /v1/stats on the bus; needs an admin token).\n"
+    "forwarded and rates per topic, connected subscribers and subscriptions, connections\n"
+    "per bus socket, replays, drops, authentication failures and failed handshakes\n"
+    "(GET /v1/stats on the bus; needs an admin token).\n"
     "\n"
     "      --json             print the bus's JSON (pretty)\n"
     "  -u, --url URL          the bus's HTTP URL (env AC_BUS_URL, default " CTL_DEFAULT_BUS_URL
@@ -88,7 +89,9 @@ static void print_table(const json_t *st)
     const json_t *sources = json_object_get(st, "sources");
     const json_t *topics = json_object_get(st, "topics");
     const json_t *replay = json_object_get(st, "replay");
-    const json_t *item;
+    const json_t *conns;
+    json_t *item;
+    const char *sock;
     size_t i;
     long long total = 0;
     double total10 = 0, total60 = 0;
@@ -126,12 +129,22 @@ static void print_table(const json_t *st)
     }
     printf("%-32s %12lld %10.1f %10.1f\n", "(all)", total, total10, total60);
 
-    printf("\nsubscriptions %lld (subscribes %lld, unsubscribes %lld)\n",
-           int_of(st, "subscriptions"), int_of(st, "subscribes"), int_of(st, "unsubscribes"));
+    conns = json_object_get(st, "connections");
+    printf("\nsubscribers %lld, with %lld subscriptions (subscribes %lld, unsubscribes %lld)\n",
+           int_of(st, "subscribers"), int_of(st, "subscriptions"), int_of(st, "subscribes"),
+           int_of(st, "unsubscribes"));
+    printf("connections: input %lld, output %lld, replay %lld\n", int_of(conns, "input"),
+           int_of(conns, "output"), int_of(conns, "replay"));
     printf("dropped: malformed %lld, unauthorised %lld, subscriptions refused %lld\n",
            int_of(st, "malformed"), int_of(st, "unauthorised"), int_of(st, "topics_denied"));
     printf("authentication failures: ");
     print_counts(json_object_get(st, "auth_failures"));
+    printf("\nfailed handshakes:");
+    json_object_foreach(json_object_get(st, "handshake_failures"), sock, item)
+    {
+        printf("\n  %-8s ", sock);
+        print_counts(item);
+    }
     printf("\nreplay: %lld requests (%lld malformed), %lld active, %lld completed, %lld events, "
            "%lld clients gone\n",
            int_of(replay, "requests"), int_of(replay, "malformed"), int_of(replay, "active"),
