@@ -8,15 +8,17 @@
 # 3. starts the embedded PostgreSQL in var/pg (deploy/pg.sh; created on the first run,
 #    with per-service roles and schemas, passwords in var/aftercare.env);
 # 4. on the first run creates an admin API token, kept in var/admin.token, and the CURVE
-#    keys of the bus (var/keys/: bus.key, the bus's own; intake.key, registered as the
-#    service aftercare/intake; admin.key, a subscriber for `aftercarectl events tail`);
-# 5. starts the bus and intake (logs in var/log/), waits for intake's /healthz and prints
+#    keys of the bus (var/keys/: bus.key, the bus's own; intake.key and dispatch.key,
+#    registered as the services aftercare/intake and aftercare/dispatch; admin.key, a
+#    subscriber for `aftercarectl events tail`);
+# 5. starts the bus, intake and dispatch (logs in var/log/), waits for their /healthz and prints
 #    the endpoints, the token and example commands;
 # 6. runs until Ctrl-C (or until a service dies), then stops the services and PostgreSQL
 #    cleanly. A second run reuses var/: the same data, passwords and token.
 #
 # Environment (defaults in brackets): AC_PG_PORT [5439], AC_INTAKE_HTTP_ADDR [127.0.0.1],
-# AC_INTAKE_HTTP_PORT [8081], AC_BUS_INPUT_BIND [tcp://127.0.0.1:5570],
+# AC_INTAKE_HTTP_PORT [8081], AC_DISPATCH_HTTP_PORT [8082] (on the intake address),
+# AC_BUS_INPUT_BIND [tcp://127.0.0.1:5570],
 # AC_BUS_OUTPUT_BIND [tcp://127.0.0.1:5571], AC_BUS_REPLAY_BIND [tcp://127.0.0.1:5572],
 # AC_BUS_INPUT [the input bind, as seen from here]; every other AC_* variable
 # (AC_LOG_LEVEL, AC_INTAKE_DB_POOL, ...) is passed on.
@@ -33,6 +35,7 @@ KEYS=$VAR/keys
 PG_PORT=${AC_PG_PORT:-5439}
 HTTP_ADDR=${AC_INTAKE_HTTP_ADDR:-127.0.0.1}
 HTTP_PORT=${AC_INTAKE_HTTP_PORT:-8081}
+DISPATCH_PORT=${AC_DISPATCH_HTTP_PORT:-8082}
 BUS_INPUT_BIND=${AC_BUS_INPUT_BIND:-tcp://127.0.0.1:5570}
 BUS_OUTPUT_BIND=${AC_BUS_OUTPUT_BIND:-tcp://127.0.0.1:5571}
 BUS_REPLAY_BIND=${AC_BUS_REPLAY_BIND:-tcp://127.0.0.1:5572}
@@ -48,6 +51,7 @@ BUS_REPLAY=$(local_endpoint "$BUS_REPLAY_BIND")
 HTTP_HOST=$HTTP_ADDR
 if [[ "$HTTP_HOST" == 0.0.0.0 || "$HTTP_HOST" == '*' ]]; then HTTP_HOST=127.0.0.1; fi
 INTAKE_URL=http://$HTTP_HOST:$HTTP_PORT
+DISPATCH_URL=http://$HTTP_HOST:$DISPATCH_PORT
 
 say() { printf 'local.sh: %s\n' "$*" >&2; }
 die() {
@@ -112,7 +116,7 @@ cmake --preset release >/dev/null
 cmake --build --preset release -j"$(nproc)"
 
 for exe in services/bus/aftercare-bus services/intake/aftercare-intake \
-    tools/aftercarectl/aftercarectl; do
+    services/dispatch/aftercare-dispatch tools/aftercarectl/aftercarectl; do
     [[ -x "$BIN/$exe" ]] || die "the build did not produce $BIN/$exe"
 done
 
@@ -122,7 +126,8 @@ tcp_listening() { # tcp://HOST:PORT
 }
 
 # Something else on our ports would answer our health checks: refuse to start instead.
-for ep in "$BUS_INPUT" "$BUS_OUTPUT" "$BUS_REPLAY" "tcp://$HTTP_HOST:$HTTP_PORT"; do
+for ep in "$BUS_INPUT" "$BUS_OUTPUT" "$BUS_REPLAY" "tcp://$HTTP_HOST:$HTTP_PORT" \
+    "tcp://$HTTP_HOST:$DISPATCH_PORT"; do
     if tcp_listening "$ep"; then
         die "${ep#tcp://} is already in use (another aftercare?); free it or choose other ports"
     fi
@@ -179,6 +184,7 @@ ensure_key() { # NAME FILE KEYS-ARGS...
 }
 ensure_key bus "$KEYS/bus.key" --kind bus
 ensure_key intake "$KEYS/intake.key" --kind service --source aftercare/intake
+ensure_key dispatch "$KEYS/dispatch.key" --kind service --source aftercare/dispatch
 ensure_key admin "$KEYS/admin.key" --kind subscriber
 BUS_PUBLIC_KEY=$(key_public "$KEYS/bus.key")
 [[ ${#BUS_PUBLIC_KEY} -eq 40 ]] || die "var/keys/bus.key has no public-key line"
@@ -243,25 +249,44 @@ for ((i = 0; i < 600; i++)); do # 60 s: the first start applies the migrations
 done
 ((healthy)) || die "intake did not become healthy within 60 s; see var/log/intake.log"
 
+say "starting aftercare-dispatch ($DISPATCH_URL)"
+start_service dispatch \
+    AC_DISPATCH_DB="$AC_DISPATCH_DB" AC_DISPATCH_HTTP_ADDR="$HTTP_ADDR" \
+    AC_DISPATCH_HTTP_PORT="$DISPATCH_PORT" AC_BUS_INPUT="$BUS_INPUT" \
+    AC_BUS_SERVER_KEY="$BUS_PUBLIC_KEY" AC_DISPATCH_KEY_FILE="$KEYS/dispatch.key" -- \
+    "$BIN/services/dispatch/aftercare-dispatch"
+healthy=0
+for ((i = 0; i < 600; i++)); do # 60 s: the first start applies the migrations
+    check_alive
+    if curl -fsS -m 2 -o /dev/null "$DISPATCH_URL/healthz" 2>/dev/null; then
+        healthy=1
+        break
+    fi
+    sleep 0.1
+done
+((healthy)) || die "dispatch did not become healthy within 60 s; see var/log/dispatch.log"
+
 cat <<EOF
 
 aftercare is running. Ctrl-C stops everything.
 
   intake HTTP API   $INTAKE_URL   (/v1/..., /healthz, /metrics)
+  dispatch HTTP API $DISPATCH_URL   (/v1/engineers, /healthz, /metrics)
   bus input         $BUS_INPUT   (services publish here; XSUB)
   bus output        $BUS_OUTPUT   (subscribe here; XPUB)
   bus replay        $BUS_REPLAY   (missed events by sequence; ROUTER)
   bus public key    $BUS_PUBLIC_KEY   (CURVE: AC_BUS_SERVER_KEY of every client)
   PostgreSQL        127.0.0.1:$AC_PG_PORT, database aftercare (data in var/pg,
                     connection strings in var/aftercare.env)
-  logs              var/log/bus.log, var/log/intake.log
+  logs              var/log/bus.log, var/log/intake.log, var/log/dispatch.log
 
   admin token       $ADMIN_TOKEN   (also in var/admin.token)
-  bus keys          var/keys/ (bus.key, intake.key, admin.key); ${CTL#"$ROOT"/} keys list
+  bus keys          var/keys/ (bus.key, intake.key, dispatch.key, admin.key); ${CTL#"$ROOT"/} keys list
 
 Try, in another terminal:
 
   export AC_TOKEN=\$(cat var/admin.token) AC_INTAKE_URL=$INTAKE_URL AC_BUS_OUTPUT=$BUS_OUTPUT
+  export AC_DISPATCH_URL=$DISPATCH_URL
   export AC_BUS_REPLAY=$BUS_REPLAY AC_CTL_KEY_FILE=var/keys/admin.key
   export AC_BUS_SERVER_KEY='$BUS_PUBLIC_KEY'
   curl -s $INTAKE_URL/healthz
@@ -270,6 +295,7 @@ Try, in another terminal:
        -d '{"kind":"person","name":"Jo Smith","phone":"+49 30 1234567"}'
   curl -s "$INTAKE_URL/v1/tickets?limit=10" -H "Authorization: Bearer \$AC_TOKEN"
   ${CTL#"$ROOT"/} ticket list
+  ${CTL#"$ROOT"/} engineer list
   ${CTL#"$ROOT"/} events tail --topic ticket. --json
 
 EOF

@@ -4,7 +4,7 @@
 -- "aftercare" itself), with three psql variables holding the login passwords:
 --
 --   psql -v ON_ERROR_STOP=1 -d postgres \
---        -v admin_password=... -v intake_password=... -v bus_password=... \
+--        -v admin_password=... -v intake_password=... -v dispatch_password=... -v bus_password=... \
 --        -f deploy/pg-bootstrap.sql
 --
 -- (deploy/pg.sh feeds the variables on stdin instead, so they never show up in ps.)
@@ -14,6 +14,7 @@
 -- Each service logs in with its own role, granted only what it needs:
 --   ac_admin   owns the database and schema auth (tokens); used by aftercarectl.
 --   ac_intake  owns schema intake; reads auth.tokens.
+--   ac_dispatch owns schema dispatch; reads auth.tokens.
 --   ac_bus     reads auth.tokens and auth.bus_keys; USAGE on intake, and SELECT on the
 --              outbox tables (granted by the service's outbox migration) for replay.
 -- Services create their own tables through their migrations, in the schema they own.
@@ -28,6 +29,10 @@ DO $$ BEGIN RAISE EXCEPTION 'pg-bootstrap.sql: the psql variable admin_password 
 \else
 DO $$ BEGIN RAISE EXCEPTION 'pg-bootstrap.sql: the psql variable intake_password is not set'; END $$;
 \endif
+\if :{?dispatch_password}
+\else
+DO $$ BEGIN RAISE EXCEPTION 'pg-bootstrap.sql: the psql variable dispatch_password is not set'; END $$;
+\endif
 \if :{?bus_password}
 \else
 DO $$ BEGIN RAISE EXCEPTION 'pg-bootstrap.sql: the psql variable bus_password is not set'; END $$;
@@ -35,11 +40,12 @@ DO $$ BEGIN RAISE EXCEPTION 'pg-bootstrap.sql: the psql variable bus_password is
 
 -- Roles: created when missing, password (re)set either way.
 SELECT format('CREATE ROLE %I LOGIN', r)
-  FROM unnest(ARRAY['ac_admin', 'ac_intake', 'ac_bus']) AS r
+  FROM unnest(ARRAY['ac_admin', 'ac_intake', 'ac_dispatch', 'ac_bus']) AS r
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r)
 \gexec
 ALTER ROLE ac_admin  LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'admin_password';
 ALTER ROLE ac_intake LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'intake_password';
+ALTER ROLE ac_dispatch LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'dispatch_password';
 ALTER ROLE ac_bus    LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'bus_password';
 
 -- CREATE DATABASE cannot run inside a DO block or a transaction: \gexec it.
@@ -49,7 +55,7 @@ SELECT 'CREATE DATABASE aftercare OWNER ac_admin ENCODING ''UTF8'' TEMPLATE temp
 
 -- Only our roles may connect; nobody gets TEMP by default.
 REVOKE ALL ON DATABASE aftercare FROM PUBLIC;
-GRANT CONNECT ON DATABASE aftercare TO ac_admin, ac_intake, ac_bus;
+GRANT CONNECT ON DATABASE aftercare TO ac_admin, ac_intake, ac_dispatch, ac_bus;
 
 \connect aftercare
 
@@ -59,8 +65,10 @@ REVOKE ALL ON SCHEMA public FROM PUBLIC;
 
 CREATE SCHEMA IF NOT EXISTS auth AUTHORIZATION ac_admin;
 CREATE SCHEMA IF NOT EXISTS intake AUTHORIZATION ac_intake;
+CREATE SCHEMA IF NOT EXISTS dispatch AUTHORIZATION ac_dispatch;
 ALTER SCHEMA auth OWNER TO ac_admin;
 ALTER SCHEMA intake OWNER TO ac_intake;
+ALTER SCHEMA dispatch OWNER TO ac_dispatch;
 
 -- Bearer tokens: only the SHA-256 (hex) of a token is stored (see common/ac_auth.h).
 CREATE TABLE IF NOT EXISTS auth.tokens (
@@ -126,9 +134,10 @@ CREATE OR REPLACE TRIGGER bus_keys_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON auth.bus_keys
     FOR EACH STATEMENT EXECUTE FUNCTION auth.bus_keys_changed();
 
-GRANT USAGE ON SCHEMA auth TO ac_intake, ac_bus;
+GRANT USAGE ON SCHEMA auth TO ac_intake, ac_dispatch, ac_bus;
 GRANT SELECT ON auth.bus_keys TO ac_bus;
-GRANT SELECT ON auth.tokens TO ac_intake, ac_bus;
+GRANT SELECT ON auth.tokens TO ac_intake, ac_dispatch, ac_bus;
 GRANT USAGE ON SCHEMA intake TO ac_bus;
+GRANT USAGE ON SCHEMA dispatch TO ac_bus;
 
 COMMIT;

@@ -16,6 +16,7 @@
 #   AC_ADMIN_DB="host=127.0.0.1 port=5439 dbname=aftercare user=ac_admin password=<hex>"
 #   AC_INTAKE_DB="host=127.0.0.1 port=5439 dbname=aftercare user=ac_intake password=<hex>"
 #   AC_BUS_DB="host=127.0.0.1 port=5439 dbname=aftercare user=ac_bus password=<hex>"
+#   AC_DISPATCH_DB="host=127.0.0.1 port=5439 dbname=aftercare user=ac_dispatch password=<hex>"
 #   AC_SUPER_DB="host=/abs/DATADIR port=5439 dbname=aftercare user=postgres"
 #
 # init on an existing cluster reads the passwords back from ENVFILE (it fails when ENVFILE
@@ -218,17 +219,18 @@ random_password() {
 
 # Applies pg-bootstrap.sql through the Unix socket as the superuser. The passwords go
 # in on stdin, never on a command line.
-bootstrap() { # DATADIR PORT ADMIN_PW INTAKE_PW BUS_PW
+bootstrap() { # DATADIR PORT ADMIN_PW INTAKE_PW BUS_PW DISPATCH_PW
     local datadir=$1 port=$2
     {
         printf '\\set admin_password %s\n\\set intake_password %s\n\\set bus_password %s\n' \
             "$3" "$4" "$5"
+        printf '\\set dispatch_password %s\n' "$6"
         cat "$BOOTSTRAP_SQL"
     } | PGOPTIONS='-c client_min_messages=warning' "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
         -h "$datadir" -p "$port" -U postgres -d postgres -f - >/dev/null
 }
 
-write_envfile() { # ENVFILE DATADIR PORT ADMIN_PW INTAKE_PW BUS_PW
+write_envfile() { # ENVFILE DATADIR PORT ADMIN_PW INTAKE_PW BUS_PW DISPATCH_PW
     local envfile=$1 datadir=$2 port=$3 tmp
     local tcp="host=127.0.0.1 port=$port dbname=aftercare"
     mkdir -p "$(dirname "$envfile")"
@@ -239,6 +241,7 @@ write_envfile() { # ENVFILE DATADIR PORT ADMIN_PW INTAKE_PW BUS_PW
         echo "AC_ADMIN_DB=\"$tcp user=ac_admin password=$4\""
         echo "AC_INTAKE_DB=\"$tcp user=ac_intake password=$5\""
         echo "AC_BUS_DB=\"$tcp user=ac_bus password=$6\""
+        echo "AC_DISPATCH_DB=\"$tcp user=ac_dispatch password=$7\""
         echo "AC_SUPER_DB=\"host=$datadir port=$port dbname=aftercare user=postgres\""
     } >"$tmp"
     chmod 600 "$tmp"
@@ -263,7 +266,7 @@ init_abandon() {
 }
 
 cmd_init() { # DATADIR PORT ENVFILE
-    local datadir port envfile user admin_pw intake_pw bus_pw
+    local datadir port envfile user admin_pw intake_pw bus_pw dispatch_pw
     datadir=$(abs_path "$1")
     port=$2
     envfile=$(realpath -m -- "$3")
@@ -279,10 +282,16 @@ cmd_init() { # DATADIR PORT ENVFILE
         admin_pw=$(envfile_password "$envfile" AC_ADMIN_DB)
         intake_pw=$(envfile_password "$envfile" AC_INTAKE_DB)
         bus_pw=$(envfile_password "$envfile" AC_BUS_DB)
+        # an env file written before dispatch existed: its password is made now
+        if grep -qE "^AC_DISPATCH_DB=" "$envfile"; then
+            dispatch_pw=$(envfile_password "$envfile" AC_DISPATCH_DB)
+        else
+            dispatch_pw=$(random_password)
+        fi
         cmd_start "$datadir" "$port"
-        bootstrap "$datadir" "$port" "$admin_pw" "$intake_pw" "$bus_pw" ||
+        bootstrap "$datadir" "$port" "$admin_pw" "$intake_pw" "$bus_pw" "$dispatch_pw" ||
             die "bootstrap of $datadir failed"
-        write_envfile "$envfile" "$datadir" "$port" "$admin_pw" "$intake_pw" "$bus_pw"
+        write_envfile "$envfile" "$datadir" "$port" "$admin_pw" "$intake_pw" "$bus_pw" "$dispatch_pw"
         return 0
     fi
 
@@ -315,9 +324,10 @@ cmd_init() { # DATADIR PORT ENVFILE
     admin_pw=$(random_password)
     intake_pw=$(random_password)
     bus_pw=$(random_password)
-    bootstrap "$datadir" "$port" "$admin_pw" "$intake_pw" "$bus_pw" ||
+    dispatch_pw=$(random_password)
+    bootstrap "$datadir" "$port" "$admin_pw" "$intake_pw" "$bus_pw" "$dispatch_pw" ||
         die "bootstrap of $datadir failed"
-    write_envfile "$envfile" "$datadir" "$port" "$admin_pw" "$intake_pw" "$bus_pw"
+    write_envfile "$envfile" "$datadir" "$port" "$admin_pw" "$intake_pw" "$bus_pw" "$dispatch_pw"
     INIT_PENDING=
     trap - EXIT
 }

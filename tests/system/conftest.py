@@ -21,7 +21,7 @@ GEN = os.path.join(HERE, ".gen")
 def _generate_protos():
     os.makedirs(GEN, exist_ok=True)
     protos = ["proto/aftercare/v1/ticket.proto", "proto/aftercare/v1/bus.proto",
-              "proto/aftercare/v1/envelope.proto"]
+              "proto/aftercare/v1/dispatch.proto", "proto/aftercare/v1/envelope.proto"]
     subprocess.run(["protoc", "--python_out=" + GEN, "-I", "proto"] + protos,
                    cwd=REPO, check=True)
     for d in (os.path.join(GEN, "aftercare"), os.path.join(GEN, "aftercare", "v1")):

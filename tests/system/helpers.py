@@ -29,11 +29,13 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN_DIR = os.environ.get("AC_BIN_DIR", os.path.join(REPO, "build", "dev"))
 BUS_BIN = os.path.join(BIN_DIR, "services", "bus", "aftercare-bus")
 INTAKE_BIN = os.path.join(BIN_DIR, "services", "intake", "aftercare-intake")
+DISPATCH_BIN = os.path.join(BIN_DIR, "services", "dispatch", "aftercare-dispatch")
 CTL_BIN = os.path.join(BIN_DIR, "tools", "aftercarectl", "aftercarectl")
 PG_SH = os.path.join(REPO, "deploy", "pg.sh")
 
 ROLES = ("agent", "engineer", "supervisor", "warehouse", "admin", "integration")
 SOURCE = "aftercare/intake"
+DISPATCH_SOURCE = "aftercare/dispatch"
 NUMBER_RE = re.compile(r"^SV-(\d{8})-(\d{6})$")
 
 PG_PORTS = range(5450, 5471)
@@ -477,6 +479,63 @@ class Intake(Daemon):
         release_port(self.http_port)
 
 
+class Dispatch(Daemon):
+    """aftercare-dispatch on its own port; keys: the stack's Keys (key "dispatch")."""
+
+    def __init__(self, log_dir, conninfo, bus, keys, name="dispatch", extra_env=None):
+        self.http_port = free_port(NET_PORTS)
+        env = {
+            "AC_DISPATCH_DB": conninfo,
+            "AC_DISPATCH_HTTP_ADDR": "127.0.0.1",
+            "AC_DISPATCH_HTTP_PORT": str(self.http_port),
+            "AC_BUS_INPUT": bus.input,
+            "AC_BUS_SERVER_KEY": keys.bus[0],
+            "AC_DISPATCH_KEY_FILE": keys.path("dispatch"),
+            "AC_LOG_LEVEL": "info",
+        }
+        env.update(extra_env or {})
+        super().__init__(name, [DISPATCH_BIN], env, log_dir)
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.http_port
+
+    def healthz(self):
+        try:
+            return requests.get(self.url + "/healthz", timeout=2).status_code
+        except requests.RequestException:
+            return None
+
+    probe_token = None  # set by Stack, as for Intake
+
+    def wait_ready(self, timeout=30):
+        def ready():
+            if not self.alive():
+                raise StackError("dispatch exited (rc %s):\n%s" % (
+                    self.proc.returncode if self.proc else None, self.log_tail()))
+            return self.healthz() == 200
+        wait_until(ready, timeout, 0.05, "dispatch /healthz 200")
+        if self.probe_token:
+            def accepted():
+                try:
+                    r = requests.get(self.url + "/v1/engineers?limit=1", timeout=5,
+                                     headers={"Authorization": "Bearer " + self.probe_token})
+                except requests.RequestException:
+                    return False
+                return r.status_code == 200
+            wait_until(accepted, timeout, 0.05, "dispatch to accept a valid token")
+
+    def restart(self, sig=signal.SIGTERM, timeout=30):
+        rc = self.stop(sig)
+        self.start()
+        self.wait_ready(timeout)
+        return rc
+
+    def destroy(self):
+        self.stop()
+        release_port(self.http_port)
+
+
 # --------------------------------------------------------------------------- HTTP client
 
 class Api(requests.Session):
@@ -726,10 +785,15 @@ class Subscriber:
 class Stack:
     """PostgreSQL + bus + intake, with a token per role and a probe customer."""
 
-    def __init__(self, workdir, name="stack", bus_env=None, intake_env=None):
-        """bus_env / intake_env: extra environment for the daemons (e.g. retention)."""
+    def __init__(self, workdir, name="stack", bus_env=None, intake_env=None, dispatch=False,
+                 dispatch_env=None):
+        """bus_env / intake_env / dispatch_env: extra environment for the daemons (e.g.
+        retention); dispatch: start aftercare-dispatch too (self.dispatch)."""
         self.bus_env = bus_env
         self.intake_env = intake_env
+        self.with_dispatch = dispatch
+        self.dispatch_env = dispatch_env
+        self.dispatch = None
         self.name = name
         self.workdir = workdir
         self.log_dir = os.path.join(workdir, "logs")
@@ -745,7 +809,7 @@ class Stack:
         self.subscribers = []
 
     def daemons(self):
-        return [d for d in (self.bus, self.intake) if d is not None]
+        return [d for d in (self.bus, self.intake, self.dispatch) if d is not None]
 
     def start(self):
         self.pg.init()
@@ -765,7 +829,21 @@ class Stack:
         self.intake.start()
         self.intake.wait_ready()
         self.probe_customer = self.api("agent").new_customer(name=unique("Probe customer"))
+        if self.with_dispatch:
+            self.keys.register(self.db, "dispatch", "service", DISPATCH_SOURCE)
+            self.dispatch = Dispatch(self.log_dir, self.pg.env["AC_DISPATCH_DB"], self.bus,
+                                     self.keys, extra_env=self.dispatch_env)
+            self.dispatch.probe_token = self.tokens["agent"]
+            self.dispatch.start()
+            self.dispatch.wait_ready()
         return self
+
+    def dispatch_api(self, role=None):
+        """A session on dispatch with role's token (None: no token)."""
+        key = ("dispatch", role)
+        if key not in self._apis:
+            self._apis[key] = Api(self.dispatch.url, self.tokens[role] if role else None, role)
+        return self._apis[key]
 
     def api(self, role):
         if role not in self._apis:
@@ -812,7 +890,7 @@ class Stack:
         for sub in self.subscribers:
             sub.close()
         self.subscribers = []
-        for d in (self.intake, self.bus):
+        for d in (self.dispatch, self.intake, self.bus):
             if d is not None:
                 d.destroy()
         if self.db is not None:
@@ -827,6 +905,17 @@ class Stack:
                 if marker in text:
                     out.append("%s: %s" % (d.name, marker))
         return out
+
+
+def next_sequence(stack, timeout=15):
+    """The sequence intake's next event will get, once everything committed so far has
+    been numbered. `events tail` without --from starts after the latest sequence the bus's
+    heartbeat reports, which may trail events published a moment earlier; tests that must
+    see only their own events pass --from aftercare/intake:<this>."""
+    wait_until(lambda: stack.db.scalar(
+        "SELECT count(*) FROM intake.outbox WHERE sequence IS NULL") == 0, timeout,
+        what="earlier events to be numbered")
+    return stack.db.scalar("SELECT last_seq FROM intake.outbox_state") + 1
 
 
 def ctl_bus_env(stack, key="systest"):

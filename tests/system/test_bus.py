@@ -63,7 +63,9 @@ def test_malformed_messages_are_dropped(stack, sub, rogue):
 
 
 def test_events_tail_skips_garbage(stack, rogue):
+    start = helpers.next_sequence(stack)  # only this test's probes may appear
     tail = subprocess.Popen([CTL_BIN, "events", "tail", "--count", "1",
+                             "--from", "aftercare/intake:%d" % start,
                              "--endpoint", stack.bus.output],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, **helpers.ctl_bus_env(stack)))

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helpers import CTL_BIN, NUMBER_RE, ctl_bus_env, unique, wait_until
+from helpers import CTL_BIN, NUMBER_RE, ctl_bus_env, next_sequence, unique, wait_until
 
 
 def ctl(stack, *args, token=None, timeout=30, env_extra=None):
@@ -103,7 +103,10 @@ def test_ticket_create_idempotency_key(stack, cli_token):
 def test_events_tail_json(stack, cli_token):
     env = dict(os.environ)
     env.update(ctl_bus_env(stack))
+    # only this test's tickets may appear (see helpers.next_sequence)
+    start = next_sequence(stack)
     tail = subprocess.Popen([CTL_BIN, "events", "tail", "--json", "--count", "3",
+                             "--from", "aftercare/intake:%d" % start,
                              "--endpoint", stack.bus.output, "--topic", "ticket."],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     agent = stack.api("agent")
@@ -126,7 +129,7 @@ def test_events_tail_json(stack, cli_token):
     assert len(lines) == 3, out
     evs = [json.loads(line) for line in lines]
     seqs = [e["sequence"] for e in evs]
-    assert seqs == list(range(seqs[0], seqs[0] + 3)), seqs
+    assert seqs == list(range(start, start + 3)), (start, seqs)
     for e in evs:
         assert e["topic"] == "ticket.created"
         assert e["type"] == "aftercare.ticket.created.v1"

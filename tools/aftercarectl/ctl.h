@@ -1,9 +1,9 @@
 /* ctl.h — aftercarectl, the operator's command line: the pieces its command modules share.
  *
  * main.c parses the global options and dispatches through a command table; each command
- * module (ticket.c, token.c, keys.c, events.c) parses its own options with getopt_long and
- * returns an exit status. http.c is the libcurl client for the services' JSON APIs,
- * store.c the tool's own libpq access to auth.tokens and auth.bus_keys.
+ * module (ticket.c, engineer.c, token.c, keys.c, events.c) parses its own options with getopt_long
+ * and returns an exit status. http.c is the libcurl client for the services' JSON APIs, store.c the
+ * tool's own libpq access to auth.tokens and auth.bus_keys.
  *
  * Exit statuses: 0 success, 1 the operation failed (HTTP error, connection refused,
  * database error), 2 usage error (unknown command or option, missing argument). */
@@ -39,6 +39,10 @@ typedef int (*ctl_command_fn)(ctl_globals_t *g, int argc, char **argv);
 int ctl_ticket_create(ctl_globals_t *g, int argc, char **argv);
 int ctl_ticket_show(ctl_globals_t *g, int argc, char **argv);
 int ctl_ticket_list(ctl_globals_t *g, int argc, char **argv);
+int ctl_engineer_create(ctl_globals_t *g, int argc, char **argv);
+int ctl_engineer_show(ctl_globals_t *g, int argc, char **argv);
+int ctl_engineer_list(ctl_globals_t *g, int argc, char **argv);
+int ctl_engineer_update(ctl_globals_t *g, int argc, char **argv);
 int ctl_token_create(ctl_globals_t *g, int argc, char **argv);
 int ctl_token_list(ctl_globals_t *g, int argc, char **argv);
 int ctl_token_revoke(ctl_globals_t *g, int argc, char **argv);

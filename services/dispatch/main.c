@@ -1,0 +1,235 @@
+/* main.c — aftercare-dispatch: configuration, then dispatch_setup(), the loop,
+ * dispatch_teardown() (the reverse order). A first SIGINT/SIGTERM lets the requests in
+ * flight finish (up to STOP_GRACE_S), a second one stops at once. */
+#include <ev.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ac_config.h"
+#include "ac_log.h"
+#include "dispatch.h"
+#include "store.h"
+
+#define STOP_GRACE_S   5.0  /* longest wait for requests in flight after a signal */
+#define MIGRATE_WAIT_S 30.0 /* PostgreSQL may still be starting */
+
+extern const ac_migration_t dispatch_migrations[];
+
+static const ac_cfg_key_t dispatch_config_keys[] = {
+    {"AC_DISPATCH_DB", AC_CFG_STRING, offsetof(dispatch_config_t, db_conninfo), NULL, 0, 0,
+     "libpq connection string of the dispatch login"},
+    {"AC_DISPATCH_HTTP_ADDR", AC_CFG_STRING, offsetof(dispatch_config_t, http_addr), "127.0.0.1", 0,
+     0, "HTTP bind address"},
+    {"AC_DISPATCH_HTTP_PORT", AC_CFG_PORT, offsetof(dispatch_config_t, http_port), "8082", 0, 0,
+     "HTTP port"},
+    {"AC_DISPATCH_DB_POOL", AC_CFG_INT, offsetof(dispatch_config_t, db_pool), "4", 1, 256,
+     "database connections"},
+    {"AC_DISPATCH_MAX_BODY", AC_CFG_INT, offsetof(dispatch_config_t, max_body), "65536", 1024,
+     16777216, "largest request body in bytes"},
+    {"AC_BUS_INPUT", AC_CFG_STRING, offsetof(dispatch_config_t, bus_input), "tcp://127.0.0.1:5570",
+     0, 0, "the bus daemon's input endpoint"},
+    {"AC_BUS_SERVER_KEY", AC_CFG_STRING, offsetof(dispatch_config_t, bus_server_key), NULL, 0, 0,
+     "the bus's CURVE public key (40 characters of Z85)"},
+    {"AC_DISPATCH_KEY_FILE", AC_CFG_STRING, offsetof(dispatch_config_t, key_file), NULL, 0, 0,
+     "dispatch's CURVE key file (aftercarectl keys create dispatch --kind service ...)"},
+    {"AC_OUTBOX_RETENTION", AC_CFG_DURATION, offsetof(dispatch_config_t, retention_s), "30d", 0,
+     315360000, "how long published events stay replayable (e.g. 30d, 12h; 0 = for ever)"},
+    {"AC_DISPATCH_TZDIR", AC_CFG_STRING, offsetof(dispatch_config_t, tzdir), "", 0, 0,
+     "zoneinfo directory for shift calendars (empty: /usr/share/zoneinfo)"},
+    {"AC_LOG_LEVEL", AC_CFG_STRING, offsetof(dispatch_config_t, log_level), "info", 0, 0,
+     "debug, info, warn or error"},
+    {"AC_LOG_FORMAT", AC_CFG_STRING, offsetof(dispatch_config_t, log_format), "text", 0, 0,
+     "text or json"},
+    {NULL, 0, 0, NULL, 0, 0, NULL},
+};
+
+static const char *const listen_channels[] = {"ac_auth", NULL};
+
+/* --- glue callbacks ---------------------------------------------------------------------- */
+
+static void on_db_notify(void *arg, const char *channel, const char *payload)
+{
+    dispatch_t *self = arg;
+    if (self->auth)
+        ac_auth_on_notify(self->auth, channel, payload);
+}
+
+static int on_authenticate(void *arg, const char *token, const char **name_out)
+{
+    dispatch_t *self = arg;
+    if (!self->auth || !ac_auth_is_loaded(self->auth))
+        return -1; /* 503: a valid token must never be told it is unknown */
+    return ac_auth_lookup(self->auth, token, name_out);
+}
+
+static int on_health(void *arg, json_t *checks)
+{
+    dispatch_t *self = arg;
+    int is_db_up = ac_db_is_up(self->db);
+    int is_auth_loaded = self->auth && ac_auth_is_loaded(self->auth);
+    json_object_set_new(checks, "db", json_string(is_db_up ? "up" : "down"));
+    json_object_set_new(checks, "tokens", json_string(is_auth_loaded ? "loaded" : "loading"));
+    return is_db_up && is_auth_loaded ? 0 : AC_ERR_UNAVAILABLE;
+}
+
+static void stop(dispatch_t *self, const char *signame)
+{
+    if (self->is_stopping) {
+        ac_warn("%s again: stopping now", signame);
+        ev_break(self->loop, EVBREAK_ALL);
+        return;
+    }
+    self->is_stopping = 1;
+    ac_info("%s: stopping after %zu requests in flight", signame, self->nops);
+    if (self->nops == 0) {
+        ev_break(self->loop, EVBREAK_ALL);
+        return;
+    }
+    ev_timer_start(self->loop, &self->stop_deadline);
+}
+
+static void on_sigint(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    stop(ac_container_of(w, dispatch_t, sigint), "SIGINT");
+}
+
+static void on_sigterm(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    stop(ac_container_of(w, dispatch_t, sigterm), "SIGTERM");
+}
+
+static void on_stop_deadline(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    dispatch_t *self = ac_container_of(w, dispatch_t, stop_deadline);
+    ac_warn("%zu requests still in flight after %.0f s: stopping anyway", self->nops, STOP_GRACE_S);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+/* --- setup / teardown ------------------------------------------------------------------ */
+
+static int dispatch_setup(dispatch_t *self, struct ev_loop *loop, const dispatch_config_t *cfg)
+{
+    memset(self, 0, sizeof *self);
+    self->loop = loop;
+    self->cfg = cfg;
+
+    if (ac_db_migrate(cfg->db_conninfo, "dispatch", "dispatch", dispatch_migrations,
+                      MIGRATE_WAIT_S) < 0 ||
+        ac_outbox_migrate(cfg->db_conninfo, "dispatch", MIGRATE_WAIT_S) < 0) {
+        ac_error("dispatch: database migrations failed");
+        return -1;
+    }
+
+    if (!(self->metrics = ac_metrics_new("aftercare_dispatch")))
+        return -1;
+    dispatch_api_setup(self);
+
+    self->db_cfg = (ac_db_config_t){
+        .conninfo = cfg->db_conninfo,
+        .pool_size = (int)cfg->db_pool,
+        .stmts = dispatch_stmts,
+        .nstmts = DISPATCH_STMT__COUNT,
+        .listen = listen_channels,
+        .on_notify = on_db_notify,
+        .notify_arg = self,
+        .name = "dispatch",
+    };
+    if (!(self->db = ac_db_new(loop, &self->db_cfg)))
+        return -1;
+    if (!(self->auth = ac_auth_new(loop, self->db)))
+        return -1;
+
+    self->outbox_cfg = (ac_outbox_config_t){
+        .conninfo = cfg->db_conninfo,
+        .schema = "dispatch",
+        .source = "aftercare/dispatch",
+        .bus_endpoint = cfg->bus_input,
+        .retention_s = cfg->retention_s,
+        .curve = &cfg->curve,
+        .metrics = self->metrics,
+    };
+    if (!(self->outbox = ac_outbox_new(loop, &self->outbox_cfg)))
+        return -1;
+
+    self->http_cfg = (ac_http_config_t){
+        .bind_addr = cfg->http_addr,
+        .port = cfg->http_port,
+        .max_body_bytes = (size_t)cfg->max_body,
+        .routes = dispatch_routes,
+        .handler_arg = self,
+        .authenticate = on_authenticate,
+        .auth_arg = self,
+        .health = on_health,
+        .health_arg = self,
+        .metrics = self->metrics,
+    };
+    if (!(self->http = ac_http_new(loop, &self->http_cfg)))
+        return -1;
+
+    ev_signal_init(&self->sigint, on_sigint, SIGINT);
+    ev_signal_start(loop, &self->sigint);
+    ev_signal_init(&self->sigterm, on_sigterm, SIGTERM);
+    ev_signal_start(loop, &self->sigterm);
+    ev_timer_init(&self->stop_deadline, on_stop_deadline, STOP_GRACE_S, 0.);
+
+    ac_info("dispatch listening on http://%s:%d", cfg->http_addr, ac_http_port(self->http));
+    return 0;
+}
+
+static void dispatch_teardown(dispatch_t *self)
+{
+    if (self->loop) {
+        ev_signal_stop(self->loop, &self->sigint);
+        ev_signal_stop(self->loop, &self->sigterm);
+        ev_timer_stop(self->loop, &self->stop_deadline);
+    }
+    self->is_closed = 1; /* from here on no call starts */
+    if (self->ops.next)
+        dispatch_ops_abort(self);
+    ac_http_destroy(&self->http);
+    ac_outbox_destroy(&self->outbox);
+    ac_auth_destroy(&self->auth);
+    ac_db_destroy(&self->db); /* the calls still in flight end here, unanswered */
+    ac_metrics_destroy(&self->metrics);
+}
+
+int main(void)
+{
+    dispatch_config_t cfg = {0};
+    dispatch_t dispatch;
+    struct ev_loop *loop = EV_DEFAULT;
+    char err[256];
+    int rc = 0;
+
+    if (ac_config_load(&cfg, dispatch_config_keys, err, sizeof err) != 0) {
+        fprintf(stderr, "aftercare-dispatch: %s\n", err);
+        ac_config_free(&cfg, dispatch_config_keys);
+        return 2;
+    }
+    if (ac_log_setup("dispatch", cfg.log_level, cfg.log_format, err, sizeof(err)) != 0) {
+        fprintf(stderr, "aftercare-dispatch: %s\n", err);
+        ac_config_free(&cfg, dispatch_config_keys);
+        return 2;
+    }
+    if (ac_curve_load(cfg.key_file, cfg.bus_server_key, &cfg.curve, err, sizeof(err)) != 0) {
+        fprintf(stderr, "aftercare-dispatch: %s (AC_DISPATCH_KEY_FILE, AC_BUS_SERVER_KEY)\n", err);
+        ac_config_free(&cfg, dispatch_config_keys);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+
+    if (dispatch_setup(&dispatch, loop, &cfg) != 0) {
+        ac_error("dispatch: cannot start");
+        rc = 1;
+    } else {
+        ev_run(loop, 0);
+    }
+    dispatch_teardown(&dispatch);
+    ac_config_free(&cfg, dispatch_config_keys);
+    ac_info("dispatch stopped");
+    return rc;
+}
