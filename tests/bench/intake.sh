@@ -185,6 +185,8 @@ PG_PORT=$(free_port)
 HTTP_PORT=$(free_port)
 BUS_IN=$(free_port)
 BUS_OUT=$(free_port)
+BUS_REPLAY=$(free_port)
+BUS_HTTP_PORT=$(free_port)
 PG_DIR=$WORK/pg
 
 say "starting PostgreSQL on port $PG_PORT (fsync on)"
@@ -203,13 +205,28 @@ PG_SYNC_COMMIT=$(psql_super -c "SHOW synchronous_commit")
 [[ "$PG_FSYNC" == on && "$PG_SYNC_COMMIT" == on ]] ||
     die "PostgreSQL runs with fsync=$PG_FSYNC synchronous_commit=$PG_SYNC_COMMIT; the benchmark needs both on"
 
+say "making CURVE keys with aftercarectl keys create"
+BUS_PUBLIC=$(AC_ADMIN_DB=$AC_ADMIN_DB "$CTL_BIN" keys create bench-bus --kind bus \
+    --out "$WORK/bus.key" 2>"$WORK/keys.log") || {
+    show_log "$WORK/keys.log"
+    die "aftercarectl keys create --kind bus failed"
+}
+AC_ADMIN_DB=$AC_ADMIN_DB "$CTL_BIN" keys create bench-intake --kind service \
+    --source aftercare/intake --out "$WORK/intake.key" >/dev/null 2>>"$WORK/keys.log" || {
+    show_log "$WORK/keys.log"
+    die "aftercarectl keys create (intake) failed"
+}
+
 say "starting aftercare-bus (input $BUS_IN, output $BUS_OUT)"
-AC_BUS_INPUT_BIND=tcp://127.0.0.1:$BUS_IN AC_BUS_OUTPUT_BIND=tcp://127.0.0.1:$BUS_OUT \
-    AC_LOG_LEVEL=warn "$BUS_BIN" 2>"$WORK/bus.log" &
+AC_BUS_DB=$AC_BUS_DB AC_BUS_SECRET_KEY_FILE=$WORK/bus.key \
+    AC_BUS_INPUT_BIND=tcp://127.0.0.1:$BUS_IN AC_BUS_OUTPUT_BIND=tcp://127.0.0.1:$BUS_OUT \
+    AC_BUS_REPLAY_BIND=tcp://127.0.0.1:$BUS_REPLAY AC_BUS_HTTP_PORT=$BUS_HTTP_PORT \
+    AC_BUS_SOURCES=aftercare/intake=intake AC_LOG_LEVEL=warn "$BUS_BIN" 2>"$WORK/bus.log" &
 BUS_PID=$!
 
 say "starting aftercare-intake on port $HTTP_PORT"
 AC_INTAKE_DB=$AC_INTAKE_DB AC_INTAKE_HTTP_PORT=$HTTP_PORT AC_BUS_INPUT=tcp://127.0.0.1:$BUS_IN \
+    AC_BUS_SERVER_KEY=$BUS_PUBLIC AC_INTAKE_KEY_FILE=$WORK/intake.key \
     AC_LOG_LEVEL=warn "$INTAKE_BIN" 2>"$WORK/intake.log" &
 INTAKE_PID=$!
 URL=http://127.0.0.1:$HTTP_PORT
