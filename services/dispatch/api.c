@@ -12,60 +12,11 @@
 #include "ac_uuid.h"
 #include "dispatch.h"
 #include "events.h"
+#include "ops.h"
 #include "store.h"
 #include "validate.h"
 
 #define MAX_KEY_LEN 200 /* longest path parameter echoed back */
-
-/* --- requests waiting on the database ------------------------------------------------ */
-
-static void op_attach(dispatch_t *self, dispatch_op_t *op, ac_http_req_t *req)
-{
-    op->req = req;
-    op->prev = &self->ops;
-    op->next = self->ops.next;
-    self->ops.next->prev = op;
-    self->ops.next = op;
-    self->nops++;
-}
-
-static void op_detach(dispatch_t *self, dispatch_op_t *op)
-{
-    if (!op->next)
-        return;
-    op->prev->next = op->next;
-    op->next->prev = op->prev;
-    op->next = op->prev = NULL;
-    self->nops--;
-    if (self->is_stopping && !self->is_closed && self->nops == 0)
-        ev_break(self->loop, EVBREAK_ALL); /* graceful stop: the last request is answered */
-}
-
-void dispatch_ops_abort(dispatch_t *self)
-{
-    while (self->ops.next != &self->ops) {
-        dispatch_op_t *op = self->ops.next;
-        if (op->req)
-            ac_http_reply_error(op->req, 503, "unavailable", NULL, "the server is shutting down");
-        op->req = NULL;
-        op_detach(self, op);
-    }
-}
-
-static void reply_db_error(ac_http_req_t *req, int err, const ac_db_txn_t *txn)
-{
-    const char *state = txn ? ac_db_txn_sqlstate(txn) : "";
-    int is_retryable = strncmp(state, "40", 2) == 0 || strncmp(state, "53", 2) == 0 ||
-                       strncmp(state, "57", 2) == 0 || strncmp(state, "08", 2) == 0;
-    if (err == AC_ERR_DB && !is_retryable) {
-        ac_error("%s %s: database error (SQLSTATE %s): %s", ac_http_req_method(req),
-                 ac_http_req_path(req), state, txn ? ac_db_txn_errmsg(txn) : "");
-        ac_http_reply_error(req, 500, "internal", NULL, "internal error (SQLSTATE %s)", state);
-        return;
-    }
-    ac_http_reply_error(req, 503, "unavailable", NULL,
-                        "the database is unavailable; nothing was changed, retry");
-}
 
 static void reply_verr(ac_http_req_t *req, const dispatch_verr_t *err)
 {
@@ -81,15 +32,6 @@ static void reply_nomem(ac_http_req_t *req)
 static const char *req_query(void *arg, const char *name)
 {
     return ac_http_req_query(arg, name);
-}
-
-/* Common prologue: a stopping service takes nothing new. */
-static int is_refused(dispatch_t *self, ac_http_req_t *req)
-{
-    if (!self->is_stopping)
-        return 0;
-    ac_http_reply_error(req, 503, "unavailable", NULL, "the server is shutting down");
-    return 1;
 }
 
 static const char *tzdir(const dispatch_t *self)
@@ -122,7 +64,7 @@ struct api_call {
 
 static void call_free(api_call_t *c)
 {
-    op_detach(c->self, &c->op);
+    dispatch_op_detach(c->self, &c->op);
     ac_db_txn_free(&c->txn);
     json_decref(c->fields);
     json_decref(c->before);
@@ -145,10 +87,10 @@ static api_call_t *call_new(dispatch_t *self, ac_http_req_t *req, int is_transac
     c->txn = ac_db_txn_new(self->db, is_transaction);
     if (!c->txn) {
         free(c);
-        reply_db_error(req, AC_ERR_UNAVAILABLE, NULL);
+        dispatch_reply_db_error(req, AC_ERR_UNAVAILABLE, NULL);
         return NULL;
     }
-    op_attach(self, &c->op, req);
+    dispatch_op_attach(self, &c->op, req);
     return c;
 }
 
@@ -166,7 +108,7 @@ static void on_call_done(ac_db_txn_t *txn, int err, void *arg)
                                 "the database connection was lost during COMMIT: the change "
                                 "may or may not have been made; check before retrying");
         else
-            reply_db_error(req, err, txn);
+            dispatch_reply_db_error(req, err, txn);
         call_free(c);
         return;
     }
@@ -189,7 +131,7 @@ static void call_send(api_call_t *c, int add_rc, int is_last, api_step_fn step)
             if (rc == AC_ERR_NOMEM)
                 reply_nomem(c->op.req);
             else
-                reply_db_error(c->op.req, rc == AC_ERR_DB ? rc : AC_ERR_UNAVAILABLE, NULL);
+                dispatch_reply_db_error(c->op.req, rc == AC_ERR_DB ? rc : AC_ERR_UNAVAILABLE, NULL);
         }
         call_free(c);
     }
@@ -258,7 +200,7 @@ static void on_engineer_create(ac_http_req_t *req, void *arg)
     json_t *doc;
     api_call_t *c;
 
-    if (is_refused(self, req))
+    if (dispatch_is_refused(self, req))
         return;
     if (dispatch_validate_engineer(ac_http_req_json(req), tzdir(self), &doc, &err) < 0) {
         reply_verr(req, &err);
@@ -299,7 +241,7 @@ static void on_engineer_get(ac_http_req_t *req, void *arg)
     const char *id;
     api_call_t *c;
 
-    if (is_refused(self, req) || !(id = engineer_id(req)))
+    if (dispatch_is_refused(self, req) || !(id = engineer_id(req)))
         return;
     if ((c = call_new(self, req, 0, id)))
         call_send(c, dispatch_store_add_engineer_get(c->txn, id), 1, step_get);
@@ -322,7 +264,7 @@ static void on_engineer_list(ac_http_req_t *req, void *arg)
     dispatch_verr_t err;
     api_call_t *c;
 
-    if (is_refused(self, req))
+    if (dispatch_is_refused(self, req))
         return;
     if (dispatch_validate_engineer_filter(req_query, req, &in, &err) < 0) {
         reply_verr(req, &err);
@@ -413,7 +355,7 @@ static void on_engineer_patch(ac_http_req_t *req, void *arg)
     json_t *fields;
     api_call_t *c;
 
-    if (is_refused(self, req) || !(id = engineer_id(req)))
+    if (dispatch_is_refused(self, req) || !(id = engineer_id(req)))
         return;
     if (dispatch_validate_engineer_patch(ac_http_req_json(req), &expected_version, &fields, &err) <
         0) {
@@ -434,7 +376,7 @@ static void on_engineer_patch(ac_http_req_t *req, void *arg)
 #define READERS (AC_ROLE_AGENT | AC_ROLE_ENGINEER | AC_ROLE_SUPERVISOR)
 #define WRITERS AC_ROLE_SUPERVISOR /* admin is always allowed */
 
-const ac_http_route_t dispatch_routes[] = {
+const ac_http_route_t dispatch_engineer_routes[] = {
     {"POST", "/v1/engineers", WRITERS, on_engineer_create, "engineers_create"},
     {"GET", "/v1/engineers", READERS, on_engineer_list, "engineers_list"},
     {"GET", "/v1/engineers/{}", READERS, on_engineer_get, "engineers_get"},
@@ -472,6 +414,9 @@ void dispatch_api_setup(dispatch_t *self)
     } families[] = {
         {"engineers_created_total", AC_METRIC_COUNTER, "Engineers created"},
         {"engineers_updated_total", AC_METRIC_COUNTER, "PATCHes that changed an engineer"},
+        {"events_total", AC_METRIC_COUNTER, "Events put in the outbox, by topic"},
+        {"emitted_events_total", AC_METRIC_COUNTER,
+         "Events queued by SQL (dispatch.emit) and moved to the outbox"},
         {"requests_in_flight", AC_METRIC_GAUGE, "Requests waiting on the database"},
         {"db_connections_ready", AC_METRIC_GAUGE, "Database pool connections ready"},
         {"db_txns_queued", AC_METRIC_GAUGE, "Transactions waiting for a pool connection"},

@@ -1,14 +1,22 @@
-/* dispatch.h — the dispatch service (issue 4): engineers for now — their skills, regions,
- * role, capacity, shift calendar, availability and contact details — served over HTTP
- * (docs/dispatch-api.md); every change publishes its event through dispatch.outbox in the
- * same transaction. Assignment and the SLA engine come next.
+/* dispatch.h — the dispatch service (issue 4): engineers, assignment of tickets, service
+ * plans, work records, external repairs, difficult cases and the SLA engine, served over
+ * HTTP (docs/dispatch-api.md); every change publishes its event through dispatch.outbox
+ * in the same transaction.
  *
- * Modules: main.c wires, api.c (HTTP handlers and input rules), store.c (all SQL),
- * events.c (protobuf payloads), calendar.c (business time; dispatch_core).
+ * Dispatch learns about tickets by following intake's events (ac_consumer, checkpoint in
+ * dispatch.consumer_checkpoints): tickets.c mirrors what it needs in dispatch.tickets and
+ * their status history, in the consumer's transaction, and the SQL hooks of the other
+ * modules (migrations/) react in that same transaction.
  *
- * Owns (dispatch_t): the database pool, the token cache, the outbox relay, the HTTP
- * server, the metrics registry, the signal watchers, and every request waiting on the
- * database (the ops list). */
+ * Modules: main.c wires; ops.c runs a SQL operation and publishes the events it returns;
+ * api.c (engineers' HTTP handlers), tickets.c (the intake consumer), assignment.c,
+ * plans.c, work.c, repairs.c, cases.c, sla.c (each: its HTTP routes and background
+ * work; its SQL in migrations/NNN_<module>.sql); store.c (prepared statements);
+ * events.c (engineer payloads); calendar.c, deadlines.c, validate.c (dispatch_core: no I/O).
+ *
+ * Owns (dispatch_t): the database pool, the token cache, the outbox relay, the consumer,
+ * the HTTP server, the metrics registry, the signal watchers, each module's state, and
+ * every request waiting on the database (the ops list). */
 #ifndef DISPATCH_H
 #define DISPATCH_H
 
@@ -19,6 +27,7 @@
 
 #include "ac_auth.h"
 #include "ac_bus.h"
+#include "ac_consumer.h"
 #include "ac_db.h"
 #include "ac_http.h"
 #include "ac_metrics.h"
@@ -31,11 +40,14 @@ typedef struct dispatch_config {
     long db_pool;         /* AC_DISPATCH_DB_POOL: connections */
     long max_body;        /* AC_DISPATCH_MAX_BODY: bytes */
     char *bus_input;      /* AC_BUS_INPUT */
+    char *bus_output;     /* AC_BUS_OUTPUT: where the consumer subscribes */
+    char *bus_replay;     /* AC_BUS_REPLAY: where the consumer replays */
     double retention_s;   /* AC_OUTBOX_RETENTION: published outbox rows kept this long */
     char *bus_server_key; /* AC_BUS_SERVER_KEY: the bus's CURVE public key (Z85) */
     char *key_file;       /* AC_DISPATCH_KEY_FILE: dispatch's CURVE key pair */
     ac_curve_t curve;     /* loaded by main() from key_file and bus_server_key */
     char *tzdir;          /* AC_DISPATCH_TZDIR: zoneinfo directory for shift calendars */
+    char *link_secret;    /* AC_DISPATCH_LINK_SECRET: signs customer links (plans.c) */
     char *log_level;      /* AC_LOG_LEVEL */
     char *log_format;     /* AC_LOG_FORMAT: text | json */
 } dispatch_config_t;
@@ -54,13 +66,20 @@ typedef struct dispatch {
     ac_auth_t *auth;              /* owned */
     ac_outbox_t *outbox;          /* owned */
     ac_http_t *http;              /* owned */
+    ac_consumer_t *consumer;      /* owned: intake's ticket events */
+    ac_http_route_t *routes;      /* owned: every module's routes, concatenated */
+    struct dispatch_assigner *assigner; /* owned (assignment.c) */
+    struct dispatch_sla *sla;           /* owned (sla.c) */
     ac_db_config_t db_cfg;        /* must outlive db */
     ac_outbox_config_t outbox_cfg;
     ac_http_config_t http_cfg;
+    ac_consumer_config_t consumer_cfg;
     ev_signal sigint, sigterm; /* graceful stop */
     ev_timer stop_deadline;    /* gives requests in flight this long after a signal */
     int is_stopping;           /* a signal came: new requests get 503, the rest finish */
     int is_closed;             /* the loop has ended: start no database work */
+    ev_timer emit_timer;       /* ops.c's emitter: pending_events -> outbox */
+    int is_emitting, is_emit_again;
 
     dispatch_op_t ops; /* sentinel of the attached requests */
     size_t nops;
@@ -68,10 +87,33 @@ typedef struct dispatch {
     ac_db_stats_t db_seen; /* db counters already exported to metrics */
 } dispatch_t;
 
-/* api.c */
-extern const ac_http_route_t dispatch_routes[];
-/* Initialises the ops list and declares the service's metrics. */
+/* Each module's routes, each table terminated by { NULL }; main.c serves them all. */
+extern const ac_http_route_t dispatch_engineer_routes[];   /* api.c */
+extern const ac_http_route_t dispatch_ticket_http_routes[]; /* tickets.c */
+extern const ac_http_route_t dispatch_assignment_routes[]; /* assignment.c */
+extern const ac_http_route_t dispatch_plan_routes[];       /* plans.c */
+extern const ac_http_route_t dispatch_work_routes[];       /* work.c */
+extern const ac_http_route_t dispatch_repair_routes[];     /* repairs.c */
+extern const ac_http_route_t dispatch_case_routes[];       /* cases.c */
+extern const ac_http_route_t dispatch_sla_routes[];        /* sla.c */
+
+/* api.c: initialises the ops list and declares the service's metrics. */
 void dispatch_api_setup(dispatch_t *self);
-void dispatch_ops_abort(dispatch_t *self); /* 503 to all, detaches them */
+/* ops.c: 503 to every request waiting on the database, detaches them. */
+void dispatch_ops_abort(dispatch_t *self);
+
+/* tickets.c: the routes of the intake consumer (by payload type). */
+extern const ac_consumer_route_t dispatch_ticket_routes[];
+
+/* assignment.c: the worker that assigns queued tickets (woken by NOTIFY
+ * dispatch_assign). start: 0 or -1; stop frees; on_notify: a notification arrived. */
+int dispatch_assignment_start(dispatch_t *self);
+void dispatch_assignment_stop(dispatch_t *self);
+void dispatch_assignment_on_notify(dispatch_t *self, const char *payload);
+
+/* sla.c: the SLA engine (deadline rows armed on the loop; NOTIFY dispatch_deadlines). */
+int dispatch_sla_start(dispatch_t *self);
+void dispatch_sla_stop(dispatch_t *self);
+void dispatch_sla_on_notify(dispatch_t *self, const char *payload);
 
 #endif

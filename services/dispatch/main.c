@@ -12,6 +12,7 @@
 #include "ac_config.h"
 #include "ac_log.h"
 #include "dispatch.h"
+#include "ops.h"
 #include "store.h"
 
 #define STOP_GRACE_S   5.0  /* longest wait for requests in flight after a signal */
@@ -32,6 +33,10 @@ static const ac_cfg_key_t dispatch_config_keys[] = {
      16777216, "largest request body in bytes"},
     {"AC_BUS_INPUT", AC_CFG_STRING, offsetof(dispatch_config_t, bus_input), "tcp://127.0.0.1:5570",
      0, 0, "the bus daemon's input endpoint"},
+    {"AC_BUS_OUTPUT", AC_CFG_STRING, offsetof(dispatch_config_t, bus_output),
+     "tcp://127.0.0.1:5571", 0, 0, "the bus daemon's output endpoint (intake's events)"},
+    {"AC_BUS_REPLAY", AC_CFG_STRING, offsetof(dispatch_config_t, bus_replay),
+     "tcp://127.0.0.1:5572", 0, 0, "the bus daemon's replay endpoint"},
     {"AC_BUS_SERVER_KEY", AC_CFG_STRING, offsetof(dispatch_config_t, bus_server_key), NULL, 0, 0,
      "the bus's CURVE public key (40 characters of Z85)"},
     {"AC_DISPATCH_KEY_FILE", AC_CFG_STRING, offsetof(dispatch_config_t, key_file), NULL, 0, 0,
@@ -40,6 +45,8 @@ static const ac_cfg_key_t dispatch_config_keys[] = {
      315360000, "how long published events stay replayable (e.g. 30d, 12h; 0 = for ever)"},
     {"AC_DISPATCH_TZDIR", AC_CFG_STRING, offsetof(dispatch_config_t, tzdir), "", 0, 0,
      "zoneinfo directory for shift calendars (empty: /usr/share/zoneinfo)"},
+    {"AC_DISPATCH_LINK_SECRET", AC_CFG_STRING, offsetof(dispatch_config_t, link_secret), "", 0,
+     0, "secret (32+ characters) that signs customers' plan links; empty: links disabled"},
     {"AC_LOG_LEVEL", AC_CFG_STRING, offsetof(dispatch_config_t, log_level), "info", 0, 0,
      "debug, info, warn or error"},
     {"AC_LOG_FORMAT", AC_CFG_STRING, offsetof(dispatch_config_t, log_format), "text", 0, 0,
@@ -47,15 +54,54 @@ static const ac_cfg_key_t dispatch_config_keys[] = {
     {NULL, 0, 0, NULL, 0, 0, NULL},
 };
 
-static const char *const listen_channels[] = {"ac_auth", NULL};
+static const char *const listen_channels[] = {"ac_auth", "dispatch_assign",
+                                              "dispatch_deadlines", "dispatch_emit", NULL};
+
+static const char *const follow_sources[] = {"aftercare/intake", NULL};
+static const char *const follow_topics[] = {"ticket.", NULL};
+
+static const ac_http_route_t *const route_tables[] = {
+    dispatch_engineer_routes, dispatch_ticket_http_routes, dispatch_assignment_routes,
+    dispatch_plan_routes,
+    dispatch_work_routes,     dispatch_repair_routes,     dispatch_case_routes,
+    dispatch_sla_routes,      NULL,
+};
 
 /* --- glue callbacks ---------------------------------------------------------------------- */
 
 static void on_db_notify(void *arg, const char *channel, const char *payload)
 {
     dispatch_t *self = arg;
-    if (self->auth)
+    if (!channel) { /* the listening connection is (re)connected: notifications were missed */
+        dispatch_emitter_on_notify(self);
+        dispatch_assignment_on_notify(self, NULL);
+        dispatch_sla_on_notify(self, NULL);
+        if (self->auth)
+            ac_auth_on_notify(self->auth, NULL, NULL);
+    } else if (strcmp(channel, "dispatch_assign") == 0)
+        dispatch_assignment_on_notify(self, payload);
+    else if (strcmp(channel, "dispatch_emit") == 0)
+        dispatch_emitter_on_notify(self);
+    else if (strcmp(channel, "dispatch_deadlines") == 0)
+        dispatch_sla_on_notify(self, payload);
+    else if (self->auth)
         ac_auth_on_notify(self->auth, channel, payload);
+}
+
+/* Every module's routes in one table (ac_http takes one). NULL on OOM. */
+static ac_http_route_t *routes_concat(void)
+{
+    size_t n = 0, k = 0;
+    ac_http_route_t *all;
+    for (size_t t = 0; route_tables[t]; t++)
+        for (size_t i = 0; route_tables[t][i].method; i++)
+            n++;
+    if (!(all = calloc(n + 1, sizeof *all)))
+        return NULL;
+    for (size_t t = 0; route_tables[t]; t++)
+        for (size_t i = 0; route_tables[t][i].method; i++)
+            all[k++] = route_tables[t][i];
+    return all; /* all[n] is zeroed: the terminator */
 }
 
 static int on_authenticate(void *arg, const char *token, const char **name_out)
@@ -119,7 +165,8 @@ static int dispatch_setup(dispatch_t *self, struct ev_loop *loop, const dispatch
 
     if (ac_db_migrate(cfg->db_conninfo, "dispatch", "dispatch", dispatch_migrations,
                       MIGRATE_WAIT_S) < 0 ||
-        ac_outbox_migrate(cfg->db_conninfo, "dispatch", MIGRATE_WAIT_S) < 0) {
+        ac_outbox_migrate(cfg->db_conninfo, "dispatch", MIGRATE_WAIT_S) < 0 ||
+        ac_consumer_migrate(cfg->db_conninfo, "dispatch", MIGRATE_WAIT_S) < 0) {
         ac_error("dispatch: database migrations failed");
         return -1;
     }
@@ -155,11 +202,34 @@ static int dispatch_setup(dispatch_t *self, struct ev_loop *loop, const dispatch
     if (!(self->outbox = ac_outbox_new(loop, &self->outbox_cfg)))
         return -1;
 
+    dispatch_emitter_start(self);
+    if (dispatch_assignment_start(self) < 0 || dispatch_sla_start(self) < 0)
+        return -1;
+
+    /* intake's ticket events: tickets.c mirrors them, the modules' SQL hooks react */
+    self->consumer_cfg = (ac_consumer_config_t){
+        .name = "dispatch",
+        .output_endpoint = cfg->bus_output,
+        .replay_endpoint = cfg->bus_replay,
+        .curve = &cfg->curve,
+        .sources = follow_sources,
+        .topics = follow_topics,
+        .routes = dispatch_ticket_routes,
+        .arg = self,
+        .db = self->db,
+        .schema = "dispatch",
+        .metrics = self->metrics,
+    };
+    if (!(self->consumer = ac_consumer_new(loop, &self->consumer_cfg)))
+        return -1;
+
+    if (!(self->routes = routes_concat()))
+        return -1;
     self->http_cfg = (ac_http_config_t){
         .bind_addr = cfg->http_addr,
         .port = cfg->http_port,
         .max_body_bytes = (size_t)cfg->max_body,
-        .routes = dispatch_routes,
+        .routes = self->routes,
         .handler_arg = self,
         .authenticate = on_authenticate,
         .auth_arg = self,
@@ -191,10 +261,16 @@ static void dispatch_teardown(dispatch_t *self)
     if (self->ops.next)
         dispatch_ops_abort(self);
     ac_http_destroy(&self->http);
+    ac_consumer_destroy(&self->consumer); /* its transaction in flight rolls back */
+    dispatch_sla_stop(self);
+    dispatch_assignment_stop(self);
+    dispatch_emitter_stop(self);
     ac_outbox_destroy(&self->outbox);
     ac_auth_destroy(&self->auth);
     ac_db_destroy(&self->db); /* the calls still in flight end here, unanswered */
     ac_metrics_destroy(&self->metrics);
+    free(self->routes);
+    self->routes = NULL;
 }
 
 int main(void)

@@ -35,12 +35,42 @@ static const char SQL_ENGINEER_LIST[] =
     "AND ($5::bigint IS NULL OR e.seq < $5::bigint) "
     "ORDER BY e.seq DESC LIMIT $6::int";
 
+static const char SQL_TICKET_APPLY[] =
+    "SELECT dispatch.ticket_apply($1::uuid, $2::text, $3::bigint, $4::text, $5::text, "
+    "$6::uuid, $7::text, $8::text, $9::text, $10::text, $11::boolean, $12::timestamptz, "
+    "$13::timestamptz)";
+
+static const char SQL_TICKET_GET[] = "SELECT dispatch.ticket_get($1::text)";
+
+static const char SQL_EMIT_TAKE[] = "SELECT dispatch.emit_take($1::int)";
+
+/* -- assignment.c -- */
+
+/* -- sla.c -- */
+
+/* -- plans.c -- */
+
+/* -- work.c -- */
+
+/* -- repairs.c -- */
+
+/* -- cases.c -- */
+
 const ac_db_stmt_t dispatch_stmts[DISPATCH_STMT__COUNT] = {
     [DISPATCH_STMT_OUTBOX_INSERT] = {SQL_OUTBOX_INSERT, 3},
     [DISPATCH_STMT_ENGINEER_SAVE] = {SQL_ENGINEER_SAVE, 3},
     [DISPATCH_STMT_ENGINEER_GET] = {SQL_ENGINEER_GET, 1},
     [DISPATCH_STMT_ENGINEER_LOCK] = {SQL_ENGINEER_LOCK, 1},
     [DISPATCH_STMT_ENGINEER_LIST] = {SQL_ENGINEER_LIST, 6},
+    [DISPATCH_STMT_TICKET_APPLY] = {SQL_TICKET_APPLY, 13},
+    [DISPATCH_STMT_TICKET_GET] = {SQL_TICKET_GET, 1},
+    [DISPATCH_STMT_EMIT_TAKE] = {SQL_EMIT_TAKE, 1},
+    /* -- assignment.c -- */
+    /* -- sla.c -- */
+    /* -- plans.c -- */
+    /* -- work.c -- */
+    /* -- repairs.c -- */
+    /* -- cases.c -- */
 };
 
 static const PGresult *result_rows(const ac_db_txn_t *t, int i)

@@ -23,6 +23,20 @@ enum dispatch_stmt {
     DISPATCH_STMT_ENGINEER_GET,
     DISPATCH_STMT_ENGINEER_LOCK,
     DISPATCH_STMT_ENGINEER_LIST,
+    /* tickets.c: dispatch.ticket_apply(id, number, version, priority, category,
+     * customer_id, tier, product_model, region, status, in_warranty, created_at,
+     * updated_at) */
+    DISPATCH_STMT_TICKET_APPLY,
+    DISPATCH_STMT_TICKET_GET, /* dispatch.ticket_get(number) */
+    DISPATCH_STMT_EMIT_TAKE,  /* dispatch.emit_take(limit): ops.c's emitter */
+    /* The statements below return one json value for ops.c (dispatch_http_sql(),
+     * dispatch_run_sql()); each module keeps its own block. */
+    /* -- assignment.c -- */
+    /* -- sla.c -- */
+    /* -- plans.c -- */
+    /* -- work.c -- */
+    /* -- repairs.c -- */
+    /* -- cases.c -- */
     DISPATCH_STMT__COUNT
 };
 extern const ac_db_stmt_t dispatch_stmts[DISPATCH_STMT__COUNT];

@@ -489,6 +489,8 @@ class Dispatch(Daemon):
             "AC_DISPATCH_HTTP_ADDR": "127.0.0.1",
             "AC_DISPATCH_HTTP_PORT": str(self.http_port),
             "AC_BUS_INPUT": bus.input,
+            "AC_BUS_OUTPUT": bus.output,
+            "AC_BUS_REPLAY": bus.replay,
             "AC_BUS_SERVER_KEY": keys.bus[0],
             "AC_DISPATCH_KEY_FILE": keys.path("dispatch"),
             "AC_LOG_LEVEL": "info",
@@ -905,6 +907,21 @@ class Stack:
                 if marker in text:
                     out.append("%s: %s" % (d.name, marker))
         return out
+
+
+def dispatch_ticket(stack, api=None, customer=None, timeout=20, **ticket_over):
+    """Creates a ticket through intake (agent) and waits until dispatch has applied its
+    ticket.created (GET /v1/tickets/{n} on dispatch is 200). ticket_over: fields of
+    ticket_body (e.g. urgency, category, product_id). Returns intake's ticket JSON."""
+    api = api or stack.api("agent")
+    customer_id = customer["id"] if customer else stack.probe_customer["id"]
+    t = api.post("/v1/tickets", json=ticket_body(customer_id, **ticket_over))
+    assert t.status_code == 201, t.text
+    t = t.json()
+    dapi = stack.dispatch_api("agent")
+    wait_until(lambda: dapi.get("/v1/tickets/" + t["number"]).status_code == 200, timeout,
+               0.05, "dispatch to know ticket %s" % t["number"])
+    return t
 
 
 def next_sequence(stack, timeout=15):
