@@ -188,6 +188,11 @@ ensure_key dispatch "$KEYS/dispatch.key" --kind service --source aftercare/dispa
 ensure_key admin "$KEYS/admin.key" --kind subscriber
 BUS_PUBLIC_KEY=$(key_public "$KEYS/bus.key")
 [[ ${#BUS_PUBLIC_KEY} -eq 40 ]] || die "var/keys/bus.key has no public-key line"
+# the secret that signs customers' plan links (dispatch), made once and kept
+LINK_SECRET_FILE=$KEYS/link.secret
+if [[ ! -s $LINK_SECRET_FILE ]]; then
+    (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$LINK_SECRET_FILE")
+fi
 
 # ---- services --------------------------------------------------------------------------------
 start_service() { # NAME ENV... -- ARGV...
@@ -253,6 +258,8 @@ say "starting aftercare-dispatch ($DISPATCH_URL)"
 start_service dispatch \
     AC_DISPATCH_DB="$AC_DISPATCH_DB" AC_DISPATCH_HTTP_ADDR="$HTTP_ADDR" \
     AC_DISPATCH_HTTP_PORT="$DISPATCH_PORT" AC_BUS_INPUT="$BUS_INPUT" \
+    AC_BUS_OUTPUT="$BUS_OUTPUT" AC_BUS_REPLAY="$BUS_REPLAY" \
+    AC_DISPATCH_LINK_SECRET="$(cat "$LINK_SECRET_FILE")" \
     AC_BUS_SERVER_KEY="$BUS_PUBLIC_KEY" AC_DISPATCH_KEY_FILE="$KEYS/dispatch.key" -- \
     "$BIN/services/dispatch/aftercare-dispatch"
 healthy=0
@@ -271,7 +278,7 @@ cat <<EOF
 aftercare is running. Ctrl-C stops everything.
 
   intake HTTP API   $INTAKE_URL   (/v1/..., /healthz, /metrics)
-  dispatch HTTP API $DISPATCH_URL   (/v1/engineers, /healthz, /metrics)
+  dispatch HTTP API $DISPATCH_URL   (/v1/engineers, /v1/tickets/{n}/..., /healthz, /metrics)
   bus input         $BUS_INPUT   (services publish here; XSUB)
   bus output        $BUS_OUTPUT   (subscribe here; XPUB)
   bus replay        $BUS_REPLAY   (missed events by sequence; ROUTER)

@@ -186,6 +186,10 @@ static void call_free(sql_call_t *c)
 static void call_end(sql_call_t *c, int err)
 {
     if (c->done) {
+        if (err == AC_ERR_DB && c->txn)
+            ac_warn("dispatch: %s failed (SQLSTATE %s): %s",
+                    c->correlation_id[0] ? c->correlation_id : "background operation",
+                    ac_db_txn_sqlstate(c->txn), ac_db_txn_errmsg(c->txn));
         c->done(c->arg, err, err < 0 ? NULL : c->result);
     } else if (c->op.req) {
         ac_http_req_t *req = c->op.req;

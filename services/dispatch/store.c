@@ -10,6 +10,7 @@
 #include <libpq-fe.h>
 
 #include "ac_log.h"
+#include "deadlines.h" /* sla.c's rows */
 
 static const char SQL_OUTBOX_INSERT[] = "INSERT INTO dispatch.outbox (event_id, topic, envelope) "
                                         "VALUES ($1::uuid, $2::text, $3::bytea)";
@@ -46,15 +47,111 @@ static const char SQL_EMIT_TAKE[] = "SELECT dispatch.emit_take($1::int)";
 
 /* -- assignment.c -- */
 
+static const char SQL_ASSIGN_ENGINEERS[] = "SELECT dispatch.assign_engineers($1::uuid[])";
+static const char SQL_ASSIGN_TAKE[] =
+    "SELECT dispatch.assign_take($1::int, $2::text[], $3::timestamptz)";
+static const char SQL_ASSIGN_APPLY[] = "SELECT dispatch.assign_apply($1::jsonb)";
+static const char SQL_ASSIGN_ASYNC_COMMIT[] =
+    "SELECT set_config('synchronous_commit', 'off', true)";
+static const char SQL_ASSIGNMENT_ACCEPT[] = "SELECT dispatch.assignment_accept($1::uuid, $2::text)";
+static const char SQL_ASSIGNMENT_DECLINE[] =
+    "SELECT dispatch.assignment_decline($1::uuid, $2::text, $3::text, $4::text)";
+static const char SQL_TICKET_ASSIGN[] = "SELECT dispatch.ticket_assign($1::text, $2::uuid, "
+                                        "$3::text, $4::text, $5::boolean, $6::text, $7::text)";
+static const char SQL_ASSIGNMENT_GET[] = "SELECT dispatch.assignment_get($1::uuid)";
+static const char SQL_TICKET_ASSIGNMENTS[] = "SELECT dispatch.ticket_assignments($1::text)";
+static const char SQL_ASSIGN_QUEUE_LIST[] =
+    "SELECT dispatch.assign_queue_list($1::text, $2::boolean, $3::int)";
+
 /* -- sla.c -- */
+
+static const char SQL_SLA_START[] = "SELECT dispatch.sla_start()";
+
+/* Keyset over the partial index sla_deadlines_armed; the first page passes NULL. */
+static const char SQL_SLA_ARMED[] =
+    "SELECT d.id, d.due_at, d.version FROM dispatch.sla_deadlines d "
+    "WHERE d.state = 'pending' AND d.due_at IS NOT NULL "
+    "AND (d.due_at, d.id) > (CASE WHEN $1::bigint IS NULL THEN '-infinity'::timestamptz "
+    "ELSE 'epoch'::timestamptz + $1::bigint * interval '1 microsecond' END, $2::bigint) "
+    "ORDER BY d.due_at, d.id LIMIT $3::int";
+
+static const char SQL_SLA_ARMED_COUNT[] =
+    "SELECT to_json(count(*)) FROM dispatch.sla_deadlines "
+    "WHERE state = 'pending' AND due_at IS NOT NULL";
+
+static const char SQL_SLA_CHANGES[] = "SELECT dispatch.sla_changes_take($1::int)";
+static const char SQL_SLA_DIRTY[] = "SELECT dispatch.sla_dirty($1::int)";
+static const char SQL_SLA_SAVE[] = "SELECT dispatch.sla_save($1::jsonb)";
+static const char SQL_SLA_FIRE[] = "SELECT dispatch.sla_fire($1::bigint[], $2::int[])";
+static const char SQL_SLA_VIEW[] = "SELECT dispatch.sla_view($1::text)";
+static const char SQL_SLA_CALENDAR_CREATE[] =
+    "SELECT dispatch.sla_calendar_create($1::text, $2::jsonb)";
+static const char SQL_SLA_CALENDAR_PATCH[] =
+    "SELECT dispatch.sla_calendar_patch($1::text, $2::jsonb, $3::bigint)";
+static const char SQL_SLA_CALENDAR_GET[] = "SELECT dispatch.sla_calendar_get($1::text)";
+static const char SQL_SLA_CALENDAR_LIST[] = "SELECT dispatch.sla_calendar_list()";
+static const char SQL_SLA_POLICY_CREATE[] = "SELECT dispatch.sla_policy_create($1::jsonb)";
+static const char SQL_SLA_POLICY_PATCH[] =
+    "SELECT dispatch.sla_policy_patch($1::uuid, $2::jsonb, $3::bigint)";
+static const char SQL_SLA_POLICY_GET[] = "SELECT dispatch.sla_policy_get($1::uuid)";
+static const char SQL_SLA_POLICY_LIST[] = "SELECT dispatch.sla_policy_list()";
 
 /* -- plans.c -- */
 
+static const char SQL_PLAN_PROPOSE[] =
+    "SELECT dispatch.plan_propose($1::text, $2::text, $3::jsonb)";
+static const char SQL_PLAN_LIST[] = "SELECT dispatch.plan_list($1::text)";
+static const char SQL_PLAN_GET[] = "SELECT dispatch.plan_get($1::uuid)";
+static const char SQL_PLAN_DECIDE[] =
+    "SELECT dispatch.plan_decide($1::uuid, $2::text, $3::text, $4::text, $5::text, $6::text, "
+    "$7::int)";
+static const char SQL_PLAN_CANCEL[] = "SELECT dispatch.plan_cancel($1::uuid, $2::text, $3::text)";
+static const char SQL_PLAN_LINK[] = "SELECT dispatch.plan_link($1::uuid, $2::text, $3::bigint)";
+static const char SQL_PLAN_CUSTOMER_GET[] = "SELECT dispatch.plan_customer_get($1::uuid, $2::int)";
+
 /* -- work.c -- */
+static const char SQL_WORK_CREATE[] =
+    "SELECT dispatch.work_create($1::text, $2::text, $3::uuid, $4::text, $5::text)";
+static const char SQL_WORK_STEP[] =
+    "SELECT dispatch.work_step($1::uuid, $2::text, $3::timestamptz, $4::text, $5::text, "
+    "$6::jsonb, $7::jsonb, $8::bigint, $9::text)";
+static const char SQL_WORK_GET[] = "SELECT dispatch.work_get($1::uuid)";
+static const char SQL_WORK_LIST[] = "SELECT dispatch.work_list($1::text)";
 
 /* -- repairs.c -- */
+static const char SQL_VENDOR_CREATE[] = "SELECT dispatch.vendor_create($1::jsonb)";
+static const char SQL_VENDOR_PATCH[] = "SELECT dispatch.vendor_patch($1::uuid, $2::jsonb)";
+static const char SQL_VENDOR_GET[] = "SELECT dispatch.vendor_get($1::uuid)";
+static const char SQL_VENDOR_LIST[] =
+    "SELECT dispatch.vendor_list($1::boolean, $2::bigint, $3::int)";
+static const char SQL_REPAIR_CREATE[] =
+    "SELECT dispatch.repair_create($1::text, $2::text, $3::uuid, $4::text, $5::timestamptz)";
+static const char SQL_REPAIR_SHIP[] = "SELECT dispatch.repair_ship($1::uuid, $2::text, $3::text, "
+                                      "$4::text, $5::timestamptz, $6::timestamptz)";
+static const char SQL_REPAIR_FOLLOWUP[] =
+    "SELECT dispatch.repair_followup($1::uuid, $2::text, $3::text, $4::timestamptz)";
+static const char SQL_REPAIR_RETURN[] =
+    "SELECT dispatch.repair_return($1::uuid, $2::text, $3::timestamptz, $4::text)";
+static const char SQL_REPAIR_INSPECT[] =
+    "SELECT dispatch.repair_inspect($1::uuid, $2::text, $3::text, $4::text)";
+static const char SQL_REPAIR_REROUTE[] = "SELECT dispatch.repair_reroute($1::uuid, $2::text, "
+                                         "$3::uuid, $4::text, $5::text, $6::timestamptz)";
+static const char SQL_REPAIR_GET[] = "SELECT dispatch.repair_get($1::uuid)";
+static const char SQL_REPAIR_LIST[] = "SELECT dispatch.repair_list($1::text)";
 
 /* -- cases.c -- */
+static const char SQL_CASE_FLAG[] =
+    "SELECT dispatch.case_flag($1::text, $2::text, $3::text, $4::uuid)";
+static const char SQL_CASE_NOTE[] = "SELECT dispatch.case_note($1::uuid, $2::text, $3::text)";
+static const char SQL_CASE_ESCALATE[] =
+    "SELECT dispatch.case_escalate($1::uuid, $2::text, $3::text, $4::uuid)";
+static const char SQL_CASE_OWNER[] =
+    "SELECT dispatch.case_set_owner($1::uuid, $2::text, $3::uuid, $4::text)";
+static const char SQL_CASE_CLOSE[] = "SELECT dispatch.case_close($1::uuid, $2::text, $3::text)";
+static const char SQL_CASE_GET[] = "SELECT dispatch.case_get($1::uuid)";
+static const char SQL_CASE_OF_TICKET[] = "SELECT dispatch.case_of_ticket($1::text)";
+static const char SQL_CASE_LIST[] =
+    "SELECT dispatch.case_list($1::text, $2::text, $3::uuid, $4::bigint, $5::int)";
 
 const ac_db_stmt_t dispatch_stmts[DISPATCH_STMT__COUNT] = {
     [DISPATCH_STMT_OUTBOX_INSERT] = {SQL_OUTBOX_INSERT, 3},
@@ -66,11 +163,68 @@ const ac_db_stmt_t dispatch_stmts[DISPATCH_STMT__COUNT] = {
     [DISPATCH_STMT_TICKET_GET] = {SQL_TICKET_GET, 1},
     [DISPATCH_STMT_EMIT_TAKE] = {SQL_EMIT_TAKE, 1},
     /* -- assignment.c -- */
+    [DISPATCH_STMT_ASSIGN_ENGINEERS] = {SQL_ASSIGN_ENGINEERS, 1},
+    [DISPATCH_STMT_ASSIGN_TAKE] = {SQL_ASSIGN_TAKE, 3},
+    [DISPATCH_STMT_ASSIGN_APPLY] = {SQL_ASSIGN_APPLY, 1},
+    [DISPATCH_STMT_ASSIGN_ASYNC_COMMIT] = {SQL_ASSIGN_ASYNC_COMMIT, 0},
+    [DISPATCH_STMT_ASSIGNMENT_ACCEPT] = {SQL_ASSIGNMENT_ACCEPT, 2},
+    [DISPATCH_STMT_ASSIGNMENT_DECLINE] = {SQL_ASSIGNMENT_DECLINE, 4},
+    [DISPATCH_STMT_TICKET_ASSIGN] = {SQL_TICKET_ASSIGN, 7},
+    [DISPATCH_STMT_ASSIGNMENT_GET] = {SQL_ASSIGNMENT_GET, 1},
+    [DISPATCH_STMT_TICKET_ASSIGNMENTS] = {SQL_TICKET_ASSIGNMENTS, 1},
+    [DISPATCH_STMT_ASSIGN_QUEUE_LIST] = {SQL_ASSIGN_QUEUE_LIST, 3},
     /* -- sla.c -- */
+    [DISPATCH_STMT_SLA_START] = {SQL_SLA_START, 0},
+    [DISPATCH_STMT_SLA_ARMED] = {SQL_SLA_ARMED, 3},
+    [DISPATCH_STMT_SLA_ARMED_COUNT] = {SQL_SLA_ARMED_COUNT, 0},
+    [DISPATCH_STMT_SLA_CHANGES] = {SQL_SLA_CHANGES, 1},
+    [DISPATCH_STMT_SLA_DIRTY] = {SQL_SLA_DIRTY, 1},
+    [DISPATCH_STMT_SLA_SAVE] = {SQL_SLA_SAVE, 1},
+    [DISPATCH_STMT_SLA_FIRE] = {SQL_SLA_FIRE, 2},
+    [DISPATCH_STMT_SLA_VIEW] = {SQL_SLA_VIEW, 1},
+    [DISPATCH_STMT_SLA_CALENDAR_CREATE] = {SQL_SLA_CALENDAR_CREATE, 2},
+    [DISPATCH_STMT_SLA_CALENDAR_PATCH] = {SQL_SLA_CALENDAR_PATCH, 3},
+    [DISPATCH_STMT_SLA_CALENDAR_GET] = {SQL_SLA_CALENDAR_GET, 1},
+    [DISPATCH_STMT_SLA_CALENDAR_LIST] = {SQL_SLA_CALENDAR_LIST, 0},
+    [DISPATCH_STMT_SLA_POLICY_CREATE] = {SQL_SLA_POLICY_CREATE, 1},
+    [DISPATCH_STMT_SLA_POLICY_PATCH] = {SQL_SLA_POLICY_PATCH, 3},
+    [DISPATCH_STMT_SLA_POLICY_GET] = {SQL_SLA_POLICY_GET, 1},
+    [DISPATCH_STMT_SLA_POLICY_LIST] = {SQL_SLA_POLICY_LIST, 0},
     /* -- plans.c -- */
+    [DISPATCH_STMT_PLAN_PROPOSE] = {SQL_PLAN_PROPOSE, 3},
+    [DISPATCH_STMT_PLAN_LIST] = {SQL_PLAN_LIST, 1},
+    [DISPATCH_STMT_PLAN_GET] = {SQL_PLAN_GET, 1},
+    [DISPATCH_STMT_PLAN_DECIDE] = {SQL_PLAN_DECIDE, 7},
+    [DISPATCH_STMT_PLAN_CANCEL] = {SQL_PLAN_CANCEL, 3},
+    [DISPATCH_STMT_PLAN_LINK] = {SQL_PLAN_LINK, 3},
+    [DISPATCH_STMT_PLAN_CUSTOMER_GET] = {SQL_PLAN_CUSTOMER_GET, 2},
     /* -- work.c -- */
+    [DISPATCH_STMT_WORK_CREATE] = {SQL_WORK_CREATE, 5},
+    [DISPATCH_STMT_WORK_STEP] = {SQL_WORK_STEP, 9},
+    [DISPATCH_STMT_WORK_GET] = {SQL_WORK_GET, 1},
+    [DISPATCH_STMT_WORK_LIST] = {SQL_WORK_LIST, 1},
     /* -- repairs.c -- */
+    [DISPATCH_STMT_VENDOR_CREATE] = {SQL_VENDOR_CREATE, 1},
+    [DISPATCH_STMT_VENDOR_PATCH] = {SQL_VENDOR_PATCH, 2},
+    [DISPATCH_STMT_VENDOR_GET] = {SQL_VENDOR_GET, 1},
+    [DISPATCH_STMT_VENDOR_LIST] = {SQL_VENDOR_LIST, 3},
+    [DISPATCH_STMT_REPAIR_CREATE] = {SQL_REPAIR_CREATE, 5},
+    [DISPATCH_STMT_REPAIR_SHIP] = {SQL_REPAIR_SHIP, 6},
+    [DISPATCH_STMT_REPAIR_FOLLOWUP] = {SQL_REPAIR_FOLLOWUP, 4},
+    [DISPATCH_STMT_REPAIR_RETURN] = {SQL_REPAIR_RETURN, 4},
+    [DISPATCH_STMT_REPAIR_INSPECT] = {SQL_REPAIR_INSPECT, 4},
+    [DISPATCH_STMT_REPAIR_REROUTE] = {SQL_REPAIR_REROUTE, 6},
+    [DISPATCH_STMT_REPAIR_GET] = {SQL_REPAIR_GET, 1},
+    [DISPATCH_STMT_REPAIR_LIST] = {SQL_REPAIR_LIST, 1},
     /* -- cases.c -- */
+    [DISPATCH_STMT_CASE_FLAG] = {SQL_CASE_FLAG, 4},
+    [DISPATCH_STMT_CASE_NOTE] = {SQL_CASE_NOTE, 3},
+    [DISPATCH_STMT_CASE_ESCALATE] = {SQL_CASE_ESCALATE, 4},
+    [DISPATCH_STMT_CASE_OWNER] = {SQL_CASE_OWNER, 4},
+    [DISPATCH_STMT_CASE_CLOSE] = {SQL_CASE_CLOSE, 3},
+    [DISPATCH_STMT_CASE_GET] = {SQL_CASE_GET, 1},
+    [DISPATCH_STMT_CASE_OF_TICKET] = {SQL_CASE_OF_TICKET, 1},
+    [DISPATCH_STMT_CASE_LIST] = {SQL_CASE_LIST, 5},
 };
 
 static const PGresult *result_rows(const ac_db_txn_t *t, int i)
@@ -189,4 +343,67 @@ nomem:
     json_decref(items);
     json_decref(body);
     return AC_ERR_NOMEM;
+}
+
+/* -- sla.c -- */
+
+/* PostgreSQL's binary timestamptz counts microseconds from 2000-01-01T00:00:00Z. */
+#define PG_EPOCH_US INT64_C(946684800000000)
+
+static uint64_t be_u64(const char *p)
+{
+    const unsigned char *b = (const unsigned char *)p;
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | b[i];
+    return v;
+}
+
+static uint32_t be_u32(const char *p)
+{
+    const unsigned char *b = (const unsigned char *)p;
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+int dispatch_store_add_sla_armed(ac_db_txn_t *t, int64_t after_due_us, uint64_t after_id,
+                                 long limit)
+{
+    char due[24], id[24], lim[24];
+    int is_first = after_due_us == INT64_MIN;
+    snprintf(due, sizeof due, "%" PRId64, after_due_us);
+    snprintf(id, sizeof id, "%" PRIu64, after_id);
+    snprintf(lim, sizeof lim, "%ld", limit);
+    const char *values[3] = {is_first ? NULL : due, id, lim};
+    ac_db_txn_set_binary_results(t, 1);
+    return ac_db_txn_add(t, DISPATCH_STMT_SLA_ARMED, values, NULL, NULL);
+}
+
+int dispatch_store_add_sla_armed_count(ac_db_txn_t *t)
+{
+    return ac_db_txn_add(t, DISPATCH_STMT_SLA_ARMED_COUNT, NULL, NULL, NULL);
+}
+
+int dispatch_store_sla_armed_result(const ac_db_txn_t *t, int i, dispatch_deadline_t *out,
+                                    size_t max, size_t *n_out)
+{
+    const PGresult *res = result_rows(t, i);
+    *n_out = 0;
+    if (!res || PQnfields(res) != 3 || PQfformat(res, 0) != 1)
+        return AC_ERR_PROTO;
+    int n = PQntuples(res);
+    if ((size_t)n > max)
+        return AC_ERR_TOOBIG;
+    for (int row = 0; row < n; row++) {
+        if (PQgetisnull(res, row, 0) || PQgetisnull(res, row, 1) || PQgetisnull(res, row, 2) ||
+            PQgetlength(res, row, 0) != 8 || PQgetlength(res, row, 1) != 8 ||
+            PQgetlength(res, row, 2) != 4)
+            return AC_ERR_PROTO;
+        out[row] = (dispatch_deadline_t){
+            .id = be_u64(PQgetvalue(res, row, 0)),
+            .due_at_us = (int64_t)be_u64(PQgetvalue(res, row, 1)) + PG_EPOCH_US,
+            .version = be_u32(PQgetvalue(res, row, 2)),
+        };
+    }
+    *n_out = (size_t)n;
+    return 0;
 }

@@ -3,12 +3,13 @@
  * its event through intake.outbox in the same transaction.
  *
  * Modules: main.c wires, api.c (HTTP handlers and JSON), batch.c (group commit of
- * ticket creates), validate.c (pure input rules), store.c (all SQL), events.c
- * (protobuf payloads).
+ * ticket creates), follow.c (the ticket status changes dispatch's events ask for),
+ * validate.c (pure input rules), store.c (all SQL), events.c (protobuf payloads).
  *
- * Owns (intake_t): the database pool, the token cache, the outbox relay, the HTTP
- * server, the metrics registry, the signal watchers, and every request waiting on the
- * database (the ops list and the create queues). */
+ * Owns (intake_t): the database pool, the token cache, the outbox relay, the consumer of
+ * the followed sources and follow.c's applier, the HTTP server, the metrics registry, the
+ * signal watchers, and every request waiting on the database (the ops list and the
+ * create queues). */
 #ifndef INTAKE_H
 #define INTAKE_H
 
@@ -38,7 +39,7 @@ typedef struct intake_config {
     char *bus_input;      /* AC_BUS_INPUT */
     char *bus_output;     /* AC_BUS_OUTPUT: where the consumer subscribes */
     char *bus_replay;     /* AC_BUS_REPLAY: where the consumer replays */
-    char *follow;         /* AC_INTAKE_FOLLOW: comma-separated sources; "" = none */
+    char *follow;         /* AC_INTAKE_FOLLOW: comma-separated sources; "none" = none */
     double retention_s;   /* AC_OUTBOX_RETENTION: published outbox rows kept this long */
     char *bus_server_key; /* AC_BUS_SERVER_KEY: the bus's CURVE public key (Z85) */
     char *key_file;       /* AC_INTAKE_KEY_FILE: intake's CURVE key pair */
@@ -56,15 +57,16 @@ typedef struct intake_op {
 typedef struct intake_create intake_create_t; /* batch.c */
 
 typedef struct intake {
-    struct ev_loop *loop;       /* borrowed from main() */
-    const intake_config_t *cfg; /* borrowed; outlives the service */
-    ac_metrics_t *metrics;      /* owned */
-    ac_db_t *db;                /* owned */
-    ac_auth_t *auth;            /* owned */
-    ac_outbox_t *outbox;        /* owned */
-    ac_consumer_t *consumer;    /* owned; NULL when AC_INTAKE_FOLLOW names no source */
-    ac_http_t *http;            /* owned */
-    ac_db_config_t db_cfg;      /* must outlive db */
+    struct ev_loop *loop;             /* borrowed from main() */
+    const intake_config_t *cfg;       /* borrowed; outlives the service */
+    ac_metrics_t *metrics;            /* owned */
+    ac_db_t *db;                      /* owned */
+    ac_auth_t *auth;                  /* owned */
+    ac_outbox_t *outbox;              /* owned */
+    ac_consumer_t *consumer;          /* owned; NULL when AC_INTAKE_FOLLOW names no source */
+    struct intake_follower *follower; /* owned (follow.c): applies the queued changes */
+    ac_http_t *http;                  /* owned */
+    ac_db_config_t db_cfg;            /* must outlive db */
     ac_outbox_config_t outbox_cfg;
     ac_consumer_config_t consumer_cfg;
     char *follow_buf;                          /* owned copy of cfg->follow, split */
@@ -107,5 +109,16 @@ int intake_create_submit(intake_t *self, ac_http_req_t *req, const intake_ticket
                          const char *idem_key, const char *request_hash) AC_WUR;
 /* After the pool is gone: frees the creates still queued (already answered). */
 void intake_create_drop_all(intake_t *self);
+
+/* follow.c: the routes of the consumer of AC_INTAKE_FOLLOW's sources (by payload type:
+ * dispatch's TicketAssigned, PlanChanged, WorkStepRecorded, RepairStep), which queue the
+ * ticket status changes those events ask for, and the applier that makes each one a
+ * normal status change (woken by NOTIFY intake_follow). start: 0 or -1; stop: frees it
+ * (a change in flight rolls back); on_notify: a notification came, or the listening
+ * connection (re)connected. */
+extern const ac_consumer_route_t intake_follow_routes[];
+int intake_follow_start(intake_t *self) AC_WUR;
+void intake_follow_stop(intake_t *self);
+void intake_follow_on_notify(intake_t *self);
 
 #endif

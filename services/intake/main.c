@@ -19,12 +19,6 @@
 
 extern const ac_migration_t intake_migrations[];
 
-/* Events of the sources in AC_INTAKE_FOLLOW, by payload type. Empty until the services
- * whose events intake applies exist; events without a route only move the checkpoint. */
-static const ac_consumer_route_t intake_follow_routes[] = {
-    {NULL, NULL},
-};
-
 static const ac_cfg_key_t intake_config_keys[] = {
     {"AC_INTAKE_DB", AC_CFG_STRING, offsetof(intake_config_t, db_conninfo), NULL, 0, 0,
      "libpq connection string of the intake login"},
@@ -44,8 +38,8 @@ static const ac_cfg_key_t intake_config_keys[] = {
      0, 0, "the bus daemon's output endpoint"},
     {"AC_BUS_REPLAY", AC_CFG_STRING, offsetof(intake_config_t, bus_replay), "tcp://127.0.0.1:5572",
      0, 0, "the bus daemon's replay endpoint"},
-    {"AC_INTAKE_FOLLOW", AC_CFG_STRING, offsetof(intake_config_t, follow), "", 0, 0,
-     "comma-separated sources whose events intake applies (e.g. aftercare/dispatch)"},
+    {"AC_INTAKE_FOLLOW", AC_CFG_STRING, offsetof(intake_config_t, follow), "aftercare/dispatch", 0,
+     0, "comma-separated sources whose events intake applies, or \"none\""},
     {"AC_BUS_SERVER_KEY", AC_CFG_STRING, offsetof(intake_config_t, bus_server_key), NULL, 0, 0,
      "the bus's CURVE public key (40 characters of Z85)"},
     {"AC_INTAKE_KEY_FILE", AC_CFG_STRING, offsetof(intake_config_t, key_file), NULL, 0, 0,
@@ -59,13 +53,19 @@ static const ac_cfg_key_t intake_config_keys[] = {
     {NULL, 0, 0, NULL, 0, 0, NULL},
 };
 
-static const char *const listen_channels[] = {"ac_auth", NULL};
+static const char *const listen_channels[] = {"ac_auth", "intake_follow", NULL};
 
 /* --- glue callbacks ---------------------------------------------------------------------- */
 
 static void on_db_notify(void *arg, const char *channel, const char *payload)
 {
     intake_t *self = arg;
+    if (channel && strcmp(channel, "intake_follow") == 0) {
+        intake_follow_on_notify(self);
+        return;
+    }
+    if (!channel) /* the listening connection (re)connected: notifications were missed */
+        intake_follow_on_notify(self);
     if (self->auth)
         ac_auth_on_notify(self->auth, channel, payload);
 }
@@ -123,13 +123,14 @@ static void on_stop_deadline(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* --- setup / teardown ------------------------------------------------------------------ */
 
-/* The consumer of AC_INTAKE_FOLLOW's sources, checkpoints in intake.consumer_checkpoints;
- * none when the list is empty. */
+/* The consumer of AC_INTAKE_FOLLOW's sources (follow.c's routes), checkpoints in
+ * intake.consumer_checkpoints; none when the list is "none". Every event of those sources
+ * is read (no topic filter): those without a route only move the checkpoint. */
 static int intake_follow_setup(intake_t *self)
 {
     const intake_config_t *cfg = self->cfg;
     size_t n = 0;
-    if (!(self->follow_buf = strdup(cfg->follow)))
+    if (!(self->follow_buf = strdup(strcmp(cfg->follow, "none") == 0 ? "" : cfg->follow)))
         return -1;
     for (char *p = strtok(self->follow_buf, ", "); p; p = strtok(NULL, ", ")) {
         if (n == INTAKE_FOLLOW_MAX) {
@@ -201,7 +202,7 @@ static int intake_setup(intake_t *self, struct ev_loop *loop, const intake_confi
     };
     if (!(self->outbox = ac_outbox_new(loop, &self->outbox_cfg)))
         return -1;
-    if (intake_follow_setup(self) != 0)
+    if (intake_follow_start(self) != 0 || intake_follow_setup(self) != 0)
         return -1;
 
     self->http_cfg = (ac_http_config_t){
@@ -241,6 +242,7 @@ static void intake_teardown(intake_t *self)
         intake_ops_abort(self);
     ac_http_destroy(&self->http);
     ac_consumer_destroy(&self->consumer); /* its transaction in flight rolls back */
+    intake_follow_stop(self);
     free(self->follow_buf);
     self->follow_buf = NULL;
     ac_outbox_destroy(&self->outbox);

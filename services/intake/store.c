@@ -119,6 +119,17 @@ static const char SQL_POLICY_LIST[] =
     "SELECT coalesce(json_agg(intake.policy_doc(w) ORDER BY w.model), '[]') "
     "FROM intake.warranty_policies w";
 
+static const char SQL_FOLLOW_ENQUEUE[] =
+    "SELECT intake.follow_enqueue($1::uuid, $2::text, $3::text, $4::uuid, $5::text, $6::text, "
+    "$7::text[], $8::text, $9::text)";
+
+static const char SQL_FOLLOW_TAKE[] = "SELECT intake.follow_take()";
+
+static const char SQL_FOLLOW_DONE[] = "DELETE FROM intake.follow_inbox WHERE id = $1::bigint";
+
+static const char SQL_FOLLOW_FAILED[] =
+    "SELECT intake.follow_failed($1::bigint, $2::text, $3::int)";
+
 const ac_db_stmt_t intake_stmts[INTAKE_STMT__COUNT] = {
     [INTAKE_STMT_CREATE_TICKET] = {SQL_CREATE_TICKET, INTAKE_CREATE_NARGS},
     [INTAKE_STMT_CREATE_TICKETS] = {SQL_CREATE_TICKETS, INTAKE_CREATE_NARGS},
@@ -137,6 +148,10 @@ const ac_db_stmt_t intake_stmts[INTAKE_STMT__COUNT] = {
     [INTAKE_STMT_PRODUCT_LIST] = {SQL_PRODUCT_LIST, 3},
     [INTAKE_STMT_POLICY_PUT] = {SQL_POLICY_PUT, 3},
     [INTAKE_STMT_POLICY_LIST] = {SQL_POLICY_LIST, 0},
+    [INTAKE_STMT_FOLLOW_ENQUEUE] = {SQL_FOLLOW_ENQUEUE, 9},
+    [INTAKE_STMT_FOLLOW_TAKE] = {SQL_FOLLOW_TAKE, 0},
+    [INTAKE_STMT_FOLLOW_DONE] = {SQL_FOLLOW_DONE, 1},
+    [INTAKE_STMT_FOLLOW_FAILED] = {SQL_FOLLOW_FAILED, 3},
 };
 
 /* --- helpers ----------------------------------------------------------------------- */
@@ -695,4 +710,39 @@ void intake_outbox_rows_clear(intake_outbox_rows_t *r)
     free(r->topics_buf);
     free(r->bodies_buf);
     memset(r, 0, sizeof *r);
+}
+
+/* --- following dispatch ---------------------------------------------------------------- */
+
+int intake_store_add_follow_enqueue(ac_db_txn_t *t, const char *event_id, const char *source,
+                                    const char *topic, const char *ticket_id,
+                                    const char *ticket_number, const char *to_status,
+                                    const char *only_from, const char *reason,
+                                    const char *correlation_id)
+{
+    const char *values[9] = {event_id,  source,    topic,  ticket_id,     ticket_number,
+                             to_status, only_from, reason, correlation_id};
+    return ac_db_txn_add(t, INTAKE_STMT_FOLLOW_ENQUEUE, values, NULL, NULL);
+}
+
+int intake_store_add_follow_take(ac_db_txn_t *t)
+{
+    return ac_db_txn_add(t, INTAKE_STMT_FOLLOW_TAKE, NULL, NULL, NULL);
+}
+
+int intake_store_add_follow_done(ac_db_txn_t *t, int64_t id)
+{
+    char id_s[24];
+    snprintf(id_s, sizeof id_s, "%" PRId64, id);
+    const char *values[1] = {id_s};
+    return ac_db_txn_add(t, INTAKE_STMT_FOLLOW_DONE, values, NULL, NULL);
+}
+
+int intake_store_add_follow_failed(ac_db_txn_t *t, int64_t id, const char *error, int max_attempts)
+{
+    char id_s[24], max_s[16];
+    snprintf(id_s, sizeof id_s, "%" PRId64, id);
+    snprintf(max_s, sizeof max_s, "%d", max_attempts);
+    const char *values[3] = {id_s, error, max_s};
+    return ac_db_txn_add(t, INTAKE_STMT_FOLLOW_FAILED, values, NULL, NULL);
 }

@@ -37,6 +37,10 @@ enum intake_stmt {
     INTAKE_STMT_PRODUCT_LIST,
     INTAKE_STMT_POLICY_PUT,
     INTAKE_STMT_POLICY_LIST,
+    INTAKE_STMT_FOLLOW_ENQUEUE,
+    INTAKE_STMT_FOLLOW_TAKE,
+    INTAKE_STMT_FOLLOW_DONE,
+    INTAKE_STMT_FOLLOW_FAILED,
     INTAKE_STMT__COUNT
 };
 extern const ac_db_stmt_t intake_stmts[INTAKE_STMT__COUNT];
@@ -129,6 +133,25 @@ int intake_store_add_product_list(ac_db_txn_t *t, const intake_list_filter_t *f)
 
 int intake_store_add_policy_put(ac_db_txn_t *t, const intake_policy_in_t *in) AC_WUR;
 int intake_store_add_policy_list(ac_db_txn_t *t) AC_WUR;
+
+/* --- following dispatch (follow.c, migrations/005_follow.sql) ----------------------- */
+/* intake.follow_enqueue(): queue the status change an event of a followed source asks
+ * for (once per event_id); runs in the consumer's transaction. only_from: a text[]
+ * literal ("{new,reopened}") of the statuses it may move from, NULL for any. */
+int intake_store_add_follow_enqueue(ac_db_txn_t *t, const char *event_id, const char *source,
+                                    const char *topic, const char *ticket_id,
+                                    const char *ticket_number, const char *to_status,
+                                    const char *only_from, const char *reason,
+                                    const char *correlation_id) AC_WUR;
+/* intake.follow_take(): the oldest pending change with its ticket locked; read it with
+ * intake_store_doc_result() ({"item", "ticket", "now"}; AC_ERR_NOTFOUND: nothing to do). */
+int intake_store_add_follow_take(ac_db_txn_t *t) AC_WUR;
+/* The change is done (applied or skipped): its row goes. */
+int intake_store_add_follow_done(ac_db_txn_t *t, int64_t id) AC_WUR;
+/* intake.follow_failed(): one more failed try; set aside after max_attempts. Read with
+ * intake_store_doc_result() ({"attempts", "is_given_up"}). */
+int intake_store_add_follow_failed(ac_db_txn_t *t, int64_t id, const char *error,
+                                   int max_attempts) AC_WUR;
 
 /* --- generic readers ----------------------------------------------------------------- */
 /* First column of the first row as JSON; AC_ERR_NOTFOUND when no row or SQL NULL. */

@@ -1,0 +1,504 @@
+/* follow.c — intake keeps a ticket's status and history current from dispatch's events
+ * (issue 4, item 4; issue 3, item 3).
+ *
+ * Two halves, so that each dispatch event is acted on exactly once and each status change
+ * is an ordinary one:
+ *   1. The consumer of AC_INTAKE_FOLLOW (main.c; checkpoint in intake.consumer_checkpoints)
+ *      routes dispatch's events here by payload type. A handler decides which status the
+ *      event asks for (the table below) and queues it in intake.follow_inbox, in the
+ *      consumer's transaction (migrations/005_follow.sql).
+ *   2. The applier takes the oldest queued change with its ticket locked, checks it
+ *      against intake's transition table (validate.c, the same as POST .../transitions),
+ *      and in one transaction writes the ticket (version + 1), a status history row by
+ *      actor "dispatch" with a reason naming the event, the ticket.* event in
+ *      intake.outbox, and deletes the inbox row. A move the table refuses (a visit step
+ *      for a cancelled ticket), or one to the status the ticket already has (the same
+ *      event twice), deletes the row, logs a line at info and changes nothing else: it
+ *      never stalls the stream. A change that keeps failing is set aside after
+ *      MAX_ATTEMPTS (failed_at) and the rows behind it go on.
+ *
+ *   dispatch event                          status asked for   only from
+ *   ticket.assigned (diagnosis assignment)  diagnosing         new, reopened
+ *   plan.accepted                           planned            (the table: diagnosing)
+ *   visit.started, visit.resumed            in_progress        (the table)
+ *   visit.paused (waiting_parts)            waiting_parts      (the table: in_progress)
+ *   visit.paused (waiting_customer)         waiting_customer   (the table)
+ *   visit.confirmed                         resolved           in_progress, diagnosing
+ *   repair.shipped                          waiting_external   (the table: in_progress)
+ *   repair.returned                         in_progress        waiting_external
+ *   anything else (visit.travel/arrived/completed, plan.proposed, ...)  none
+ * "only from" narrows the transition table where a move it allows would be wrong for
+ * that event: a late diagnosis assignment must not take a planned ticket back to
+ * diagnosing, a confirmed visit must not count as a first-contact resolution of a new
+ * ticket, a returned unit must not end a wait on the customer.
+ *
+ * No loop: intake changes a status only on these dispatch events; dispatch follows
+ * intake's ticket.* events, and on a mere status change it only updates its view, its
+ * SLA clocks and (on resolved/closed/cancelled) releases assignments — none of which is
+ * an event intake acts on (assignment.released is not followed).
+ *
+ * Owns: the applier (intake_follower_t): its timer, its transaction in flight and the
+ * change it holds. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ac_log.h"
+#include "ac_time.h"
+#include "ac_uuid.h"
+#include "events.h"
+#include "intake.h"
+#include "store.h"
+
+#define POLL_S       5.0 /* a look at the inbox without a NOTIFY (missed ones) */
+#define RETRY_MIN_S  0.2 /* after a failure: exponential backoff */
+#define RETRY_MAX_S  30.0
+#define MAX_ATTEMPTS 5 /* failures of one change before it is set aside */
+#define ACTOR        "dispatch"
+
+/* --- 1. the consumer: which status each event asks for ----------------------------------- */
+
+/* Queues `to` for the event's ticket; AC_ERR_INVALID (dead-lettered) for an event without
+ * a usable ticket or id. */
+static int enqueue(const ac_consumer_event_t *ev, ac_db_txn_t *txn,
+                   const Aftercare__V1__DispatchTicket *t, int to, const char *only_from,
+                   const char *reason)
+{
+    const Aftercare__V1__Envelope *env = ev->env;
+    if (!t || !t->id || !ac_uuid_is_valid(t->id) || !t->number || !t->number[0] || !env->id ||
+        !ac_uuid_is_valid(env->id)) {
+        ac_log_at(AC_LOG_WARN, t && t->number ? t->number : NULL, env->id,
+                  "%s from %s without a usable ticket or event id: not applied", ev->topic,
+                  ev->source);
+        return AC_ERR_INVALID;
+    }
+    if (!txn) /* memory mode: intake always runs its consumer on the database */
+        return 0;
+    return intake_store_add_follow_enqueue(txn, env->id, ev->source, ev->topic, t->id, t->number,
+                                           intake_status_names[to], only_from, reason,
+                                           env->correlation_id ? env->correlation_id : "");
+}
+
+static int on_ticket_assigned(const ac_consumer_event_t *ev, ac_db_txn_t *txn, void *arg)
+{
+    const Aftercare__V1__TicketAssigned *p = ev->env->ticket_assigned;
+    const Aftercare__V1__Assignment *a = p ? p->assignment : NULL;
+    char reason[200];
+    (void)arg;
+    if (!a || a->kind != AFTERCARE__V1__ASSIGNMENT_KIND__ASSIGNMENT_KIND_DIAGNOSIS)
+        return 0; /* the work assignment follows an accepted plan: the ticket is planned */
+    snprintf(reason, sizeof reason, "ticket.assigned: diagnosis by %.100s",
+             a->engineer_name && a->engineer_name[0] ? a->engineer_name : "an engineer");
+    return enqueue(ev, txn, p->ticket, INTAKE_ST_DIAGNOSING, "{new,reopened}", reason);
+}
+
+static int on_plan_changed(const ac_consumer_event_t *ev, ac_db_txn_t *txn, void *arg)
+{
+    static const char *const modes[] = {"", "remote", "on_site", "depot_repair", "external_repair"};
+    const Aftercare__V1__PlanChanged *p = ev->env->plan_changed;
+    const Aftercare__V1__ServicePlan *plan = p ? p->plan : NULL;
+    char reason[200];
+    (void)arg;
+    if (!p || strcmp(ev->topic, "plan.accepted") != 0)
+        return 0;
+    if (plan && plan->mode > 0 && (size_t)plan->mode < AC_ARRAY_LEN(modes))
+        snprintf(reason, sizeof reason, "plan.accepted: revision %d, %s", (int)plan->revision,
+                 modes[plan->mode]);
+    else
+        snprintf(reason, sizeof reason, "plan.accepted");
+    return enqueue(ev, txn, p->ticket, INTAKE_ST_PLANNED, NULL, reason);
+}
+
+static int on_work_step(const ac_consumer_event_t *ev, ac_db_txn_t *txn, void *arg)
+{
+    const Aftercare__V1__WorkStepRecorded *p = ev->env->work_step_recorded;
+    const Aftercare__V1__WorkRecord *r = p ? p->record : NULL;
+    int is_remote = r && r->kind && strcmp(r->kind, "remote") == 0;
+    char reason[200];
+    const char *only_from = NULL;
+    int to;
+    (void)arg;
+    if (!p)
+        return 0;
+    switch (p->step) {
+    case AFTERCARE__V1__WORK_STEP__WORK_STEP_STARTED:
+        to = INTAKE_ST_IN_PROGRESS;
+        snprintf(reason, sizeof reason, "visit.started: %s",
+                 is_remote ? "remote session started" : "work on site started");
+        break;
+    case AFTERCARE__V1__WORK_STEP__WORK_STEP_RESUMED:
+        to = INTAKE_ST_IN_PROGRESS;
+        snprintf(reason, sizeof reason, "visit.resumed: work resumed");
+        break;
+    case AFTERCARE__V1__WORK_STEP__WORK_STEP_PAUSED:
+        if (r && r->pause_reason && strcmp(r->pause_reason, "waiting_parts") == 0) {
+            to = INTAKE_ST_WAITING_PARTS;
+            snprintf(reason, sizeof reason, "visit.paused: waiting for parts");
+        } else if (r && r->pause_reason && strcmp(r->pause_reason, "waiting_customer") == 0) {
+            to = INTAKE_ST_WAITING_CUSTOMER;
+            snprintf(reason, sizeof reason, "visit.paused: waiting for the customer");
+        } else {
+            ac_log_at(AC_LOG_WARN, p->ticket ? p->ticket->number : NULL, ev->env->id,
+                      "visit.paused with pause reason \"%.40s\": no status for it",
+                      r && r->pause_reason ? r->pause_reason : "");
+            return 0;
+        }
+        break;
+    case AFTERCARE__V1__WORK_STEP__WORK_STEP_CONFIRMED:
+        to = INTAKE_ST_RESOLVED;
+        only_from = "{in_progress,diagnosing}";
+        snprintf(reason, sizeof reason, "visit.confirmed: customer confirmed (%.100s)",
+                 r && r->confirmation && r->confirmation->name ? r->confirmation->name : "");
+        break;
+    default: /* travel, arrived, completed: the status stays */
+        return 0;
+    }
+    return enqueue(ev, txn, p->ticket, to, only_from, reason);
+}
+
+static int on_repair_step(const ac_consumer_event_t *ev, ac_db_txn_t *txn, void *arg)
+{
+    const Aftercare__V1__RepairStep *p = ev->env->repair_step;
+    const char *vendor = p && p->sendout && p->sendout->vendor_name ? p->sendout->vendor_name : "";
+    char reason[200];
+    (void)arg;
+    if (!p)
+        return 0;
+    if (strcmp(ev->topic, "repair.shipped") == 0) {
+        snprintf(reason, sizeof reason, "repair.shipped: unit sent to %.100s", vendor);
+        return enqueue(ev, txn, p->ticket, INTAKE_ST_WAITING_EXTERNAL, NULL, reason);
+    }
+    if (strcmp(ev->topic, "repair.returned") == 0) {
+        snprintf(reason, sizeof reason, "repair.returned: unit back from %.100s", vendor);
+        return enqueue(ev, txn, p->ticket, INTAKE_ST_IN_PROGRESS, "{waiting_external}", reason);
+    }
+    return 0;
+}
+
+const ac_consumer_route_t intake_follow_routes[] = {
+    {&aftercare__v1__ticket_assigned__descriptor, on_ticket_assigned},
+    {&aftercare__v1__plan_changed__descriptor, on_plan_changed},
+    {&aftercare__v1__work_step_recorded__descriptor, on_work_step},
+    {&aftercare__v1__repair_step__descriptor, on_repair_step},
+    {NULL, NULL},
+};
+
+/* --- 2. the applier ------------------------------------------------------------------------ */
+
+typedef struct intake_follower {
+    intake_t *intake;     /* borrowed: the owner */
+    ev_timer timer;       /* the next look at the inbox: POLL_S, or a retry's delay */
+    ac_backoff_t backoff; /* retry delays after failures */
+    ac_db_txn_t *txn;     /* owned: the change in flight */
+    json_t *taken;        /* owned: follow_take()'s answer, {"item", "ticket", "now"} */
+    int64_t item_id;      /* the inbox row being applied; 0 = none */
+    const char *outcome;  /* "applied" | "skipped", for the metrics once committed */
+    int to;               /* the status it moves to (enum intake_status) */
+    int is_busy;          /* a transaction is in flight */
+    int is_again;         /* woken while busy: look again when done */
+} intake_follower_t;
+
+static void kick(intake_follower_t *f);
+
+static const char *item_str(const intake_follower_t *f, const char *key)
+{
+    const char *s = json_string_value(json_object_get(json_object_get(f->taken, "item"), key));
+    return s ? s : "";
+}
+
+/* The item's "only_from" (a JSON array; null: any) lets `from` go. */
+static int is_from_allowed(const intake_follower_t *f, int from)
+{
+    const json_t *only = json_object_get(json_object_get(f->taken, "item"), "only_from");
+    const json_t *s;
+    size_t i;
+    if (!json_is_array(only))
+        return 1;
+    json_array_foreach(only, i, s)
+    {
+        if (json_is_string(s) && strcmp(json_string_value(s), intake_status_names[from]) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static void count(intake_follower_t *f, const char *outcome)
+{
+    char labels[48];
+    snprintf(labels, sizeof labels, "outcome=\"%s\"", outcome);
+    ac_metrics_add(f->intake->metrics, "follow_changes_total", labels, 1);
+}
+
+/* Ends the transaction (rolled back unless committed) and the change. */
+static void finish(intake_follower_t *f)
+{
+    ac_db_txn_free(&f->txn);
+    json_decref(f->taken);
+    f->taken = NULL;
+    f->item_id = 0;
+    f->is_busy = 0;
+}
+
+static void retry_later(intake_follower_t *f)
+{
+    finish(f);
+    if (f->intake->is_closed)
+        return;
+    ev_timer_stop(f->intake->loop, &f->timer);
+    ev_timer_set(&f->timer, ac_backoff_next(&f->backoff), POLL_S);
+    ev_timer_start(f->intake->loop, &f->timer);
+}
+
+static void on_failure_recorded(ac_db_txn_t *txn, int err, void *arg)
+{
+    intake_follower_t *f = arg;
+    json_t *doc = NULL;
+    if (err == 0 && intake_store_doc_result(txn, 0, &doc) == 0) {
+        json_int_t attempts = json_integer_value(json_object_get(doc, "attempts"));
+        if (json_is_true(json_object_get(doc, "is_given_up"))) {
+            ac_log_at(AC_LOG_ERROR, item_str(f, "ticket_number"), item_str(f, "event_id"),
+                      "follow: %s -> %s failed %" JSON_INTEGER_FORMAT
+                      " times: set aside (intake.follow_inbox id %" PRId64
+                      ", failed_at); the changes behind it go on",
+                      item_str(f, "topic"), item_str(f, "to_status"), attempts, f->item_id);
+            count(f, "failed");
+            ac_backoff_reset(&f->backoff);
+        }
+    }
+    json_decref(doc);
+    retry_later(f);
+}
+
+/* The change failed for a reason that may not go away: one more attempt on its row. */
+static void record_failure(intake_follower_t *f, const char *why)
+{
+    ac_log_at(AC_LOG_WARN, item_str(f, "ticket_number"), item_str(f, "event_id"),
+              "follow: %s -> %s failed: %s", item_str(f, "topic"), item_str(f, "to_status"), why);
+    ac_db_txn_free(&f->txn);
+    if (f->intake->is_closed || !(f->txn = ac_db_txn_new(f->intake->db, 1)) ||
+        intake_store_add_follow_failed(f->txn, f->item_id, why, MAX_ATTEMPTS) < 0 ||
+        ac_db_txn_commit(f->txn, on_failure_recorded, f) < 0)
+        retry_later(f);
+}
+
+static int is_retryable_state(const char *state)
+{
+    return strncmp(state, "40", 2) == 0 || strncmp(state, "53", 2) == 0 ||
+           strncmp(state, "57", 2) == 0 || strncmp(state, "08", 2) == 0;
+}
+
+static void on_committed(ac_db_txn_t *txn, int err, void *arg)
+{
+    intake_follower_t *f = arg;
+    if (err == AC_ERR_DB && !is_retryable_state(ac_db_txn_sqlstate(txn))) {
+        char why[300];
+        snprintf(why, sizeof why, "SQLSTATE %s: %s", ac_db_txn_sqlstate(txn),
+                 ac_db_txn_errmsg(txn));
+        record_failure(f, why);
+        return;
+    }
+    if (err < 0) { /* the database is away: the row is still there */
+        ac_warn("follow: applying a change failed (%s); retrying", ac_strerror(err));
+        retry_later(f);
+        return;
+    }
+    count(f, f->outcome);
+    if (strcmp(f->outcome, "applied") == 0) {
+        char labels[64];
+        snprintf(labels, sizeof labels, "to=\"%s\"", intake_status_names[f->to]);
+        ac_metrics_add(f->intake->metrics, "ticket_transitions_total", labels, 1);
+    }
+    ac_backoff_reset(&f->backoff);
+    finish(f);
+    kick(f); /* the next one */
+}
+
+/* The ticket document after the move from -> to at `now`, its row, history and event. */
+static int add_status_change(intake_follower_t *f, json_t *doc, int from, int to, const char *now)
+{
+    const char *reason = item_str(f, "reason");
+    const char *corr = item_str(f, "correlation_id");
+    json_int_t version = json_integer_value(json_object_get(doc, "version"));
+    char event_id[AC_UUID_STRLEN];
+    uint8_t *buf;
+    size_t len;
+    int rc = 0;
+
+    rc |= json_object_set_new(doc, "status", json_string(intake_status_names[to]));
+    if (to == INTAKE_ST_RESOLVED)
+        rc |= json_object_set_new(doc, "resolved_at", json_string(now));
+    else if (to == INTAKE_ST_CLOSED)
+        rc |= json_object_set_new(doc, "closed_at", json_string(now));
+    else if (to == INTAKE_ST_REOPENED) {
+        rc |= json_object_set_new(doc, "resolved_at", json_null());
+        rc |= json_object_set_new(doc, "closed_at", json_null());
+    }
+    rc |= json_object_set_new(doc, "version", json_integer(version + 1));
+    rc |= json_object_set_new(doc, "updated_at", json_string(now));
+    if (rc < 0)
+        return AC_ERR_NOMEM;
+
+    intake_event_t ev = {
+        .kind = intake_event_kind_for_status(to),
+        .ticket = doc,
+        .correlation_id = corr[0] ? corr : item_str(f, "event_id"),
+        .from_status = from,
+        .to_status = to,
+        .reason = reason,
+        .actor = ACTOR,
+    };
+    if ((rc = intake_event_pack(&ev, event_id, &buf, &len)) < 0)
+        return rc;
+    rc = intake_store_add_ticket_update(f->txn, doc);
+    if (rc == 0)
+        rc = intake_store_add_history(f->txn, json_string_value(json_object_get(doc, "id")),
+                                      intake_status_names[from], intake_status_names[to], reason,
+                                      ACTOR);
+    if (rc == 0)
+        rc = intake_store_add_outbox(f->txn, event_id, intake_event_topic(ev.kind), buf, len);
+    free(buf);
+    return rc;
+}
+
+static void on_taken(ac_db_txn_t *txn, int err, void *arg)
+{
+    intake_follower_t *f = arg;
+    json_t *doc;
+    const char *number, *event_id, *topic, *to_name;
+    int rc, from, to;
+
+    if (err < 0) {
+        ac_warn("follow: reading the queued changes failed (%s%s%s); retrying", ac_strerror(err),
+                err == AC_ERR_DB ? ": " : "", err == AC_ERR_DB ? ac_db_txn_errmsg(txn) : "");
+        retry_later(f);
+        return;
+    }
+    rc = intake_store_doc_result(txn, 0, &f->taken);
+    if (rc == AC_ERR_NOTFOUND) { /* nothing to do (or another instance is at it) */
+        finish(f);
+        if (f->is_again) {
+            f->is_again = 0;
+            kick(f);
+        }
+        return;
+    }
+    if (rc < 0) {
+        ac_warn("follow: unexpected answer from intake.follow_take(); retrying");
+        retry_later(f);
+        return;
+    }
+    f->item_id =
+        (int64_t)json_integer_value(json_object_get(json_object_get(f->taken, "item"), "id"));
+    number = item_str(f, "ticket_number");
+    event_id = item_str(f, "event_id");
+    topic = item_str(f, "topic");
+    to_name = item_str(f, "to_status");
+    doc = json_object_get(f->taken, "ticket");
+    to = INTAKE_ENUM_PARSE(intake_status_names, to_name);
+    from =
+        INTAKE_ENUM_PARSE(intake_status_names, json_string_value(json_object_get(doc, "status")));
+    f->outcome = "skipped";
+
+    if (!json_is_object(doc)) {
+        ac_log_at(AC_LOG_WARN, number, event_id,
+                  "follow: %s for a ticket intake does not have: "
+                  "skipped",
+                  topic);
+    } else if (!to || !from) {
+        ac_log_at(AC_LOG_WARN, number, event_id,
+                  "follow: %s asks for status \"%s\" from \"%s\": "
+                  "skipped",
+                  topic, to_name, from ? intake_status_names[from] : "?");
+    } else if (from == to) {
+        ac_log_at(AC_LOG_INFO, number, event_id, "follow: %s: the ticket is %s already", topic,
+                  to_name);
+    } else if (!is_from_allowed(f, from)) {
+        ac_log_at(AC_LOG_INFO, number, event_id,
+                  "follow: %s: the ticket is %s and this event moves it to %s only from "
+                  "another status: skipped",
+                  topic, intake_status_names[from], to_name);
+    } else if (!intake_transition_allowed(from, to)) {
+        ac_log_at(AC_LOG_INFO, number, event_id,
+                  "follow: %s: the ticket is %s and cannot move to %s: skipped", topic,
+                  intake_status_names[from], to_name);
+    } else {
+        const char *now = json_string_value(json_object_get(f->taken, "now"));
+        rc = add_status_change(f, doc, from, to, now ? now : "");
+        if (rc < 0) {
+            record_failure(f, rc == AC_ERR_NOMEM ? "out of memory" : "the event does not pack");
+            return;
+        }
+        f->outcome = "applied";
+        f->to = to;
+        ac_log_at(AC_LOG_INFO, number, event_id, "follow: %s: %s -> %s", topic,
+                  intake_status_names[from], to_name);
+    }
+    if (intake_store_add_follow_done(f->txn, f->item_id) < 0 ||
+        ac_db_txn_commit(f->txn, on_committed, f) < 0)
+        retry_later(f);
+}
+
+/* Takes the next change, unless one is in flight (then once more after it). */
+static void kick(intake_follower_t *f)
+{
+    intake_t *self = f->intake;
+    if (self->is_closed)
+        return;
+    if (f->is_busy) {
+        f->is_again = 1;
+        return;
+    }
+    if (!(f->txn = ac_db_txn_new(self->db, 1)) || intake_store_add_follow_take(f->txn) < 0 ||
+        ac_db_txn_flush(f->txn, on_taken, f) < 0) {
+        retry_later(f); /* no connection yet: the timer comes back */
+        return;
+    }
+    f->is_busy = 1;
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    intake_follower_t *f = ac_container_of(w, intake_follower_t, timer);
+    (void)loop;
+    (void)revents;
+    kick(f);
+}
+
+int intake_follow_start(intake_t *self)
+{
+    intake_follower_t *f = calloc(1, sizeof *f);
+    if (!f) {
+        ac_error("intake: out of memory");
+        return -1;
+    }
+    f->intake = self;
+    ac_backoff_init(&f->backoff, RETRY_MIN_S, RETRY_MAX_S);
+    (void)ac_metrics_declare(self->metrics, "follow_changes_total", AC_METRIC_COUNTER,
+                             "Ticket status changes asked for by followed events, by outcome "
+                             "(applied, skipped: not allowed or already so, failed: set aside)");
+    /* at once (what a restart left queued), then every POLL_S; a retry re-arms it with its
+     * delay first */
+    ev_timer_init(&f->timer, on_timer, 0., POLL_S);
+    ev_timer_start(self->loop, &f->timer);
+    self->follower = f;
+    return 0;
+}
+
+void intake_follow_stop(intake_t *self)
+{
+    intake_follower_t *f = self->follower;
+    if (!f)
+        return;
+    if (self->loop)
+        ev_timer_stop(self->loop, &f->timer);
+    finish(f); /* a change in flight rolls back; its row stays queued */
+    free(f);
+    self->follower = NULL;
+}
+
+void intake_follow_on_notify(intake_t *self)
+{
+    if (self->follower)
+        kick(self->follower);
+}
