@@ -59,18 +59,18 @@ typedef struct dispatch_op {
 } dispatch_op_t;
 
 typedef struct dispatch {
-    struct ev_loop *loop;         /* borrowed from main() */
-    const dispatch_config_t *cfg; /* borrowed; outlives the service */
-    ac_metrics_t *metrics;        /* owned */
-    ac_db_t *db;                  /* owned */
-    ac_auth_t *auth;              /* owned */
-    ac_outbox_t *outbox;          /* owned */
-    ac_http_t *http;              /* owned */
-    ac_consumer_t *consumer;      /* owned: intake's ticket events */
-    ac_http_route_t *routes;      /* owned: every module's routes, concatenated */
+    struct ev_loop *loop;               /* borrowed from main() */
+    const dispatch_config_t *cfg;       /* borrowed; outlives the service */
+    ac_metrics_t *metrics;              /* owned */
+    ac_db_t *db;                        /* owned */
+    ac_auth_t *auth;                    /* owned */
+    ac_outbox_t *outbox;                /* owned */
+    ac_http_t *http;                    /* owned */
+    ac_consumer_t *consumer;            /* owned: intake's ticket events */
+    ac_http_route_t *routes;            /* owned: every module's routes, concatenated */
     struct dispatch_assigner *assigner; /* owned (assignment.c) */
     struct dispatch_sla *sla;           /* owned (sla.c) */
-    ac_db_config_t db_cfg;        /* must outlive db */
+    ac_db_config_t db_cfg;              /* must outlive db */
     ac_outbox_config_t outbox_cfg;
     ac_http_config_t http_cfg;
     ac_consumer_config_t consumer_cfg;
@@ -88,14 +88,14 @@ typedef struct dispatch {
 } dispatch_t;
 
 /* Each module's routes, each table terminated by { NULL }; main.c serves them all. */
-extern const ac_http_route_t dispatch_engineer_routes[];   /* api.c */
+extern const ac_http_route_t dispatch_engineer_routes[];    /* api.c */
 extern const ac_http_route_t dispatch_ticket_http_routes[]; /* tickets.c */
-extern const ac_http_route_t dispatch_assignment_routes[]; /* assignment.c */
-extern const ac_http_route_t dispatch_plan_routes[];       /* plans.c */
-extern const ac_http_route_t dispatch_work_routes[];       /* work.c */
-extern const ac_http_route_t dispatch_repair_routes[];     /* repairs.c */
-extern const ac_http_route_t dispatch_case_routes[];       /* cases.c */
-extern const ac_http_route_t dispatch_sla_routes[];        /* sla.c */
+extern const ac_http_route_t dispatch_assignment_routes[];  /* assignment.c */
+extern const ac_http_route_t dispatch_plan_routes[];        /* plans.c */
+extern const ac_http_route_t dispatch_work_routes[];        /* work.c */
+extern const ac_http_route_t dispatch_repair_routes[];      /* repairs.c */
+extern const ac_http_route_t dispatch_case_routes[];        /* cases.c */
+extern const ac_http_route_t dispatch_sla_routes[];         /* sla.c */
 
 /* api.c: initialises the ops list and declares the service's metrics. */
 void dispatch_api_setup(dispatch_t *self);

@@ -45,8 +45,8 @@ static const ac_cfg_key_t dispatch_config_keys[] = {
      315360000, "how long published events stay replayable (e.g. 30d, 12h; 0 = for ever)"},
     {"AC_DISPATCH_TZDIR", AC_CFG_STRING, offsetof(dispatch_config_t, tzdir), "", 0, 0,
      "zoneinfo directory for shift calendars (empty: /usr/share/zoneinfo)"},
-    {"AC_DISPATCH_LINK_SECRET", AC_CFG_STRING, offsetof(dispatch_config_t, link_secret), "", 0,
-     0, "secret (32+ characters) that signs customers' plan links; empty: links disabled"},
+    {"AC_DISPATCH_LINK_SECRET", AC_CFG_STRING, offsetof(dispatch_config_t, link_secret), "", 0, 0,
+     "secret (32+ characters) that signs customers' plan links; empty: links disabled"},
     {"AC_LOG_LEVEL", AC_CFG_STRING, offsetof(dispatch_config_t, log_level), "info", 0, 0,
      "debug, info, warn or error"},
     {"AC_LOG_FORMAT", AC_CFG_STRING, offsetof(dispatch_config_t, log_format), "text", 0, 0,
@@ -54,17 +54,16 @@ static const ac_cfg_key_t dispatch_config_keys[] = {
     {NULL, 0, 0, NULL, 0, 0, NULL},
 };
 
-static const char *const listen_channels[] = {"ac_auth", "dispatch_assign",
-                                              "dispatch_deadlines", "dispatch_emit", NULL};
+static const char *const listen_channels[] = {"ac_auth", "dispatch_assign", "dispatch_deadlines",
+                                              "dispatch_emit", NULL};
 
 static const char *const follow_sources[] = {"aftercare/intake", NULL};
 static const char *const follow_topics[] = {"ticket.", NULL};
 
 static const ac_http_route_t *const route_tables[] = {
     dispatch_engineer_routes, dispatch_ticket_http_routes, dispatch_assignment_routes,
-    dispatch_plan_routes,
-    dispatch_work_routes,     dispatch_repair_routes,     dispatch_case_routes,
-    dispatch_sla_routes,      NULL,
+    dispatch_plan_routes,     dispatch_work_routes,        dispatch_repair_routes,
+    dispatch_case_routes,     dispatch_sla_routes,         NULL,
 };
 
 /* --- glue callbacks ---------------------------------------------------------------------- */

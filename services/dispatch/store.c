@@ -75,9 +75,8 @@ static const char SQL_SLA_ARMED[] =
     "ELSE 'epoch'::timestamptz + $1::bigint * interval '1 microsecond' END, $2::bigint) "
     "ORDER BY d.due_at, d.id LIMIT $3::int";
 
-static const char SQL_SLA_ARMED_COUNT[] =
-    "SELECT to_json(count(*)) FROM dispatch.sla_deadlines "
-    "WHERE state = 'pending' AND due_at IS NOT NULL";
+static const char SQL_SLA_ARMED_COUNT[] = "SELECT to_json(count(*)) FROM dispatch.sla_deadlines "
+                                          "WHERE state = 'pending' AND due_at IS NOT NULL";
 
 static const char SQL_SLA_CHANGES[] = "SELECT dispatch.sla_changes_take($1::int)";
 static const char SQL_SLA_DIRTY[] = "SELECT dispatch.sla_dirty($1::int)";

@@ -32,25 +32,25 @@ enum dispatch_stmt {
     /* The statements below return one json value for ops.c (dispatch_http_sql(),
      * dispatch_run_sql()); each module keeps its own block. */
     /* -- assignment.c -- */
-    DISPATCH_STMT_ASSIGN_ENGINEERS,     /* dispatch.assign_engineers(ids | NULL): the roster */
-    DISPATCH_STMT_ASSIGN_TAKE,          /* dispatch.assign_take(limit, retry_roles, pass_start) */
-    DISPATCH_STMT_ASSIGN_ASYNC_COMMIT,  /* this transaction commits without waiting for fsync */
-    DISPATCH_STMT_ASSIGN_APPLY,         /* dispatch.assign_apply(decisions) */
-    DISPATCH_STMT_ASSIGNMENT_ACCEPT,    /* dispatch.assignment_accept(id, actor) */
-    DISPATCH_STMT_ASSIGNMENT_DECLINE,   /* dispatch.assignment_decline(id, actor, reason, corr) */
-    DISPATCH_STMT_TICKET_ASSIGN,        /* dispatch.ticket_assign(number, engineer, kind, ...) */
-    DISPATCH_STMT_ASSIGNMENT_GET,       /* dispatch.assignment_get(id) */
-    DISPATCH_STMT_TICKET_ASSIGNMENTS,   /* dispatch.ticket_assignments(number) */
-    DISPATCH_STMT_ASSIGN_QUEUE_LIST,    /* dispatch.assign_queue_list(kind, unfilled, limit) */
+    DISPATCH_STMT_ASSIGN_ENGINEERS,    /* dispatch.assign_engineers(ids | NULL): the roster */
+    DISPATCH_STMT_ASSIGN_TAKE,         /* dispatch.assign_take(limit, retry_roles, pass_start) */
+    DISPATCH_STMT_ASSIGN_ASYNC_COMMIT, /* this transaction commits without waiting for fsync */
+    DISPATCH_STMT_ASSIGN_APPLY,        /* dispatch.assign_apply(decisions) */
+    DISPATCH_STMT_ASSIGNMENT_ACCEPT,   /* dispatch.assignment_accept(id, actor) */
+    DISPATCH_STMT_ASSIGNMENT_DECLINE,  /* dispatch.assignment_decline(id, actor, reason, corr) */
+    DISPATCH_STMT_TICKET_ASSIGN,       /* dispatch.ticket_assign(number, engineer, kind, ...) */
+    DISPATCH_STMT_ASSIGNMENT_GET,      /* dispatch.assignment_get(id) */
+    DISPATCH_STMT_TICKET_ASSIGNMENTS,  /* dispatch.ticket_assignments(number) */
+    DISPATCH_STMT_ASSIGN_QUEUE_LIST,   /* dispatch.assign_queue_list(kind, unfilled, limit) */
     /* -- sla.c -- */
-    DISPATCH_STMT_SLA_START,   /* dispatch.sla_start(): clears the change queue */
-    DISPATCH_STMT_SLA_ARMED,   /* armed deadlines after (due_at, id): binary rows, see below */
+    DISPATCH_STMT_SLA_START,       /* dispatch.sla_start(): clears the change queue */
+    DISPATCH_STMT_SLA_ARMED,       /* armed deadlines after (due_at, id): binary rows, see below */
     DISPATCH_STMT_SLA_ARMED_COUNT, /* how many are armed: one json number */
-    DISPATCH_STMT_SLA_CHANGES, /* dispatch.sla_changes_take(limit) */
-    DISPATCH_STMT_SLA_DIRTY,   /* dispatch.sla_dirty(limit) */
-    DISPATCH_STMT_SLA_SAVE,    /* dispatch.sla_save(jsonb) */
-    DISPATCH_STMT_SLA_FIRE,    /* dispatch.sla_fire(ids bigint[], versions int[]) */
-    DISPATCH_STMT_SLA_VIEW,    /* dispatch.sla_view(number) */
+    DISPATCH_STMT_SLA_CHANGES,     /* dispatch.sla_changes_take(limit) */
+    DISPATCH_STMT_SLA_DIRTY,       /* dispatch.sla_dirty(limit) */
+    DISPATCH_STMT_SLA_SAVE,        /* dispatch.sla_save(jsonb) */
+    DISPATCH_STMT_SLA_FIRE,        /* dispatch.sla_fire(ids bigint[], versions int[]) */
+    DISPATCH_STMT_SLA_VIEW,        /* dispatch.sla_view(number) */
     DISPATCH_STMT_SLA_CALENDAR_CREATE, /* dispatch.sla_calendar_create(name, jsonb) */
     DISPATCH_STMT_SLA_CALENDAR_PATCH,  /* dispatch.sla_calendar_patch(name, jsonb, version) */
     DISPATCH_STMT_SLA_CALENDAR_GET,    /* dispatch.sla_calendar_get(name) */
@@ -60,14 +60,14 @@ enum dispatch_stmt {
     DISPATCH_STMT_SLA_POLICY_GET,      /* dispatch.sla_policy_get(id) */
     DISPATCH_STMT_SLA_POLICY_LIST,     /* dispatch.sla_policy_list() */
     /* -- plans.c -- */
-    DISPATCH_STMT_PLAN_PROPOSE,       /* dispatch.plan_propose(number, actor, doc) */
-    DISPATCH_STMT_PLAN_LIST,          /* dispatch.plan_list(number) */
-    DISPATCH_STMT_PLAN_GET,           /* dispatch.plan_get(id) */
-    DISPATCH_STMT_PLAN_DECIDE,        /* dispatch.plan_decide(id, action, via, actor, customer,
-                                       * note, revision) */
-    DISPATCH_STMT_PLAN_CANCEL,        /* dispatch.plan_cancel(id, actor, reason) */
-    DISPATCH_STMT_PLAN_LINK,          /* dispatch.plan_link(id, actor, expires_s) */
-    DISPATCH_STMT_PLAN_CUSTOMER_GET,  /* dispatch.plan_customer_get(id, revision) */
+    DISPATCH_STMT_PLAN_PROPOSE,      /* dispatch.plan_propose(number, actor, doc) */
+    DISPATCH_STMT_PLAN_LIST,         /* dispatch.plan_list(number) */
+    DISPATCH_STMT_PLAN_GET,          /* dispatch.plan_get(id) */
+    DISPATCH_STMT_PLAN_DECIDE,       /* dispatch.plan_decide(id, action, via, actor, customer,
+                                      * note, revision) */
+    DISPATCH_STMT_PLAN_CANCEL,       /* dispatch.plan_cancel(id, actor, reason) */
+    DISPATCH_STMT_PLAN_LINK,         /* dispatch.plan_link(id, actor, expires_s) */
+    DISPATCH_STMT_PLAN_CUSTOMER_GET, /* dispatch.plan_customer_get(id, revision) */
     /* -- work.c -- */
     DISPATCH_STMT_WORK_CREATE, /* dispatch.work_create(number, kind, engineer_id, note, actor) */
     DISPATCH_STMT_WORK_STEP,   /* dispatch.work_step(id, step, at, note, pause_reason, report,
@@ -75,18 +75,18 @@ enum dispatch_stmt {
     DISPATCH_STMT_WORK_GET,    /* dispatch.work_get(id) */
     DISPATCH_STMT_WORK_LIST,   /* dispatch.work_list(number) */
     /* -- repairs.c -- */
-    DISPATCH_STMT_VENDOR_CREATE,    /* dispatch.vendor_create(doc) */
-    DISPATCH_STMT_VENDOR_PATCH,     /* dispatch.vendor_patch(id, doc) */
-    DISPATCH_STMT_VENDOR_GET,       /* dispatch.vendor_get(id) */
-    DISPATCH_STMT_VENDOR_LIST,      /* dispatch.vendor_list(active, cursor, limit) */
-    DISPATCH_STMT_REPAIR_CREATE,    /* dispatch.repair_create(number, actor, vendor, rma, due) */
-    DISPATCH_STMT_REPAIR_SHIP,      /* (id, actor, carrier, tracking, shipped_at, due) */
-    DISPATCH_STMT_REPAIR_FOLLOWUP,  /* (id, actor, note, due) */
-    DISPATCH_STMT_REPAIR_RETURN,    /* (id, actor, returned_at, note) */
-    DISPATCH_STMT_REPAIR_INSPECT,   /* (id, actor, result, note) */
-    DISPATCH_STMT_REPAIR_REROUTE,   /* (id, actor, vendor, rma, reason, due) */
-    DISPATCH_STMT_REPAIR_GET,       /* dispatch.repair_get(id) */
-    DISPATCH_STMT_REPAIR_LIST,      /* dispatch.repair_list(number) */
+    DISPATCH_STMT_VENDOR_CREATE,   /* dispatch.vendor_create(doc) */
+    DISPATCH_STMT_VENDOR_PATCH,    /* dispatch.vendor_patch(id, doc) */
+    DISPATCH_STMT_VENDOR_GET,      /* dispatch.vendor_get(id) */
+    DISPATCH_STMT_VENDOR_LIST,     /* dispatch.vendor_list(active, cursor, limit) */
+    DISPATCH_STMT_REPAIR_CREATE,   /* dispatch.repair_create(number, actor, vendor, rma, due) */
+    DISPATCH_STMT_REPAIR_SHIP,     /* (id, actor, carrier, tracking, shipped_at, due) */
+    DISPATCH_STMT_REPAIR_FOLLOWUP, /* (id, actor, note, due) */
+    DISPATCH_STMT_REPAIR_RETURN,   /* (id, actor, returned_at, note) */
+    DISPATCH_STMT_REPAIR_INSPECT,  /* (id, actor, result, note) */
+    DISPATCH_STMT_REPAIR_REROUTE,  /* (id, actor, vendor, rma, reason, due) */
+    DISPATCH_STMT_REPAIR_GET,      /* dispatch.repair_get(id) */
+    DISPATCH_STMT_REPAIR_LIST,     /* dispatch.repair_list(number) */
     /* -- cases.c -- */
     DISPATCH_STMT_CASE_FLAG,      /* dispatch.case_flag(number, actor, reason, owner) */
     DISPATCH_STMT_CASE_NOTE,      /* dispatch.case_note(id, actor, note) */
