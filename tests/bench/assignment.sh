@@ -28,6 +28,9 @@
 # Environment:
 #   BENCH_SECONDS    measured seconds of load (default 20)
 #   BENCH_WARMUP     seconds of load before (default 3)
+#   BENCH_PRIME      seconds of load before that, then VACUUM ANALYZE (default 5; see
+#                    "priming" below)
+#   BENCH_PG_LOG_MS  log statements slower than this, with their plans (diagnosis)
 #   BENCH_RATE       tickets/s in all (default 500)
 #   BENCH_ENGINEERS  engineers (default 1000)
 #   BENCH_NO_BUILD   1 = use build/release as it is
@@ -48,6 +51,7 @@ BENCH_NAME=assignment.sh
 
 DUR=${BENCH_SECONDS:-20}
 WARMUP=${BENCH_WARMUP:-3}
+PRIME=${BENCH_PRIME:-5}
 RATE=${BENCH_RATE:-500}
 ENGINEERS=${BENCH_ENGINEERS:-1000}
 TARGET_P99_MS=50
@@ -59,6 +63,9 @@ if ! [[ "$DUR" =~ ^[0-9]+$ ]] || ((DUR < 1 || DUR > 90)); then
 fi
 if ! [[ "$WARMUP" =~ ^[0-9]+$ ]] || ((WARMUP > 30)); then
     die "BENCH_WARMUP must be 0..30"
+fi
+if ! [[ "$PRIME" =~ ^[0-9]+$ ]] || ((PRIME > 60)); then
+    die "BENCH_PRIME must be 0..60"
 fi
 if ! [[ "$RATE" =~ ^[0-9]+$ ]] || ((RATE < 5 || RATE > 5000)); then
     die "BENCH_RATE must be 5..5000"
@@ -121,6 +128,35 @@ for ((i = 0; ; i++)); do
     sleep 0.1
 done
 
+# ---- priming --------------------------------------------------------------------------------------
+# A fresh database has no planner statistics: until autovacuum first analyzes the tables
+# that grow from empty during the run (tickets, SLA clocks and deadlines, assignments),
+# PostgreSQL may plan their lookups as scans. A system that has been running has them, so,
+# as pgbench does before it measures, load for BENCH_PRIME seconds, let dispatch drain,
+# then VACUUM ANALYZE.
+PER_RATE=$(awk -v r="$RATE" -v n="${#BODIES[@]}" 'BEGIN { printf "%.1f", r / n }')
+if ((PRIME > 0)); then
+    say "priming: $RATE tickets/s for ${PRIME}s, then VACUUM ANALYZE"
+    PRIME_PIDS=()
+    for ((i = 0; i < ${#BODIES[@]}; i++)); do
+        AC_TOKEN=$AGENT_TOKEN timeout -k 10 $((PRIME + 60)) "$LOADGEN" \
+            --url "$INTAKE_URL/v1/tickets" --body-file "${BODIES[i]}" --clients 8 \
+            --rate "$PER_RATE" --duration "$PRIME" >"$WORK/prime-$i.out" 2>"$WORK/prime-$i.err" &
+        PRIME_PIDS+=($!)
+        BENCH_PIDS+=($!)
+    done
+    for pid in "${PRIME_PIDS[@]}"; do
+        wait "$pid" || die "bench-loadgen (priming) failed"
+    done
+    for ((i = 0; ; i++)); do
+        n=$(psql_super -c "SELECT count(*) FROM dispatch.assign_queue")
+        [[ "$n" == 0 ]] && break
+        ((i < 600)) || die "dispatch still had $n queued assignment requests 60 s after priming"
+        sleep 0.1
+    done
+    psql_super -c "VACUUM ANALYZE" >/dev/null
+fi
+
 # ---- measurement ----------------------------------------------------------------------------------
 mkdir -p "$WORK/gen"
 (cd "$ROOT" && protoc --python_out="$WORK/gen" -I proto proto/aftercare/v1/ticket.proto \
@@ -146,7 +182,6 @@ for ((i = 0; ; i++)); do
 done
 psql_super -c "CHECKPOINT"
 
-PER_RATE=$(awk -v r="$RATE" -v n="${#BODIES[@]}" 'BEGIN { printf "%.1f", r / n }')
 say "load: ${#BODIES[@]} x $PER_RATE tickets/s = $RATE/s for ${WARMUP}s warm-up + ${DUR}s"
 LOAD_PIDS=()
 for ((i = 0; i < ${#BODIES[@]}; i++)); do

@@ -167,6 +167,15 @@ bench_start_pg() {
     PG_SYNC_COMMIT=$(psql_super -c "SHOW synchronous_commit")
     [[ "$PG_FSYNC" == on && "$PG_SYNC_COMMIT" == on ]] ||
         die "PostgreSQL runs with fsync=$PG_FSYNC synchronous_commit=$PG_SYNC_COMMIT; the benchmark needs both on"
+    if [[ -n ${BENCH_PG_LOG_MS:-} ]]; then # diagnosis: log statements slower than this,
+        # with the plans of those (nested ones included) in PostgreSQL's log
+        psql_super -c "LOAD 'auto_explain'" \
+            -c "ALTER SYSTEM SET log_min_duration_statement = ${BENCH_PG_LOG_MS}" \
+            -c "ALTER SYSTEM SET session_preload_libraries = 'auto_explain'" \
+            -c "ALTER SYSTEM SET auto_explain.log_min_duration = ${BENCH_PG_LOG_MS}" \
+            -c "ALTER SYSTEM SET auto_explain.log_nested_statements = on" \
+            -c "SELECT pg_reload_conf()" >/dev/null
+    fi
 }
 
 ctl() { AC_ADMIN_DB=$AC_ADMIN_DB "$CTL_BIN" "$@"; }
