@@ -148,10 +148,11 @@ if ((PRIME > 0)); then
     for pid in "${PRIME_PIDS[@]}"; do
         wait "$pid" || die "bench-loadgen (priming) failed"
     done
-    for ((i = 0; ; i++)); do
-        n=$(psql_super -c "SELECT count(*) FROM dispatch.assign_queue")
+    for ((i = 0; ; i++)); do # the queue empty, the SLA clocks computed
+        n=$(psql_super -c "SELECT (SELECT count(*) FROM dispatch.assign_queue)
+                                + (SELECT count(*) FROM dispatch.sla_clocks WHERE gen <> computed_gen)")
         [[ "$n" == 0 ]] && break
-        ((i < 600)) || die "dispatch still had $n queued assignment requests 60 s after priming"
+        ((i < 600)) || die "dispatch still had $n requests or clocks to do 60 s after priming"
         sleep 0.1
     done
     psql_super -c "VACUUM ANALYZE" >/dev/null

@@ -135,7 +135,9 @@ DECLARE
     old dispatch.tickets;
     t dispatch.tickets;
 BEGIN
-    SELECT * INTO old FROM dispatch.tickets WHERE id = p_id FOR UPDATE;
+    -- (NO KEY: the foreign keys of other modules' rows take KEY SHARE on the ticket, and
+    -- must not hold up the consumer, nor it them)
+    SELECT * INTO old FROM dispatch.tickets WHERE id = p_id FOR NO KEY UPDATE;
     IF FOUND AND old.version >= p_version THEN
         RETURN; -- already seen (a re-delivered or out-of-date event)
     END IF;

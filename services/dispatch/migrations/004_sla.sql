@@ -158,7 +158,9 @@ CREATE INDEX sla_clocks_policy ON dispatch.sla_clocks (policy_id)
 
 CREATE TABLE dispatch.sla_deadlines (
     id            bigserial PRIMARY KEY,
-    ticket_id     uuid NOT NULL REFERENCES dispatch.tickets (id) ON DELETE CASCADE,
+    -- (no foreign key: tickets are never deleted, and its per-row check on the thousand
+    -- rows of a batch cost more than the insert; the clock above has one)
+    ticket_id     uuid NOT NULL,
     target        text NOT NULL
         CHECK (target IN ('first_response', 'arrival', 'resolution', 'vendor_due')),
     level         text NOT NULL CHECK (level IN ('warning', 'breach', 'escalation')),
@@ -181,6 +183,10 @@ CREATE UNIQUE INDEX sla_deadlines_level ON dispatch.sla_deadlines
     WHERE reference_id IS NULL;
 CREATE UNIQUE INDEX sla_deadlines_reference ON dispatch.sla_deadlines (reference_id, level)
     WHERE reference_id IS NOT NULL;
+-- The lookups by clock. Not partial on purpose: without column statistics (a young table)
+-- the planner takes "reference_id IS NULL" to match 0.5 % of the rows and would scan the
+-- whole partial index above inside a join; this one it uses per clock.
+CREATE INDEX sla_deadlines_clock ON dispatch.sla_deadlines (ticket_id, target);
 -- The armed deadlines in due order: the engine's start-up load (keyset on (due_at, id)) and
 -- any "what is overdue" query.
 CREATE INDEX sla_deadlines_armed ON dispatch.sla_deadlines (due_at, id)
@@ -192,28 +198,51 @@ CREATE TABLE dispatch.sla_changes (
     deadline_id  bigint NOT NULL
 );
 
--- Bumps the version and queues the change. The engine's own firing sets
--- dispatch.sla_quiet (it already knows), and so may a bulk load.
+-- A change of state or due time bumps the row's version (per row, before the update) and
+-- is queued for the engine (per statement, after it, from the transition tables: one
+-- INSERT and one NOTIFY however many rows — sla_save() writes a thousand at a time). The
+-- engine's own firing sets dispatch.sla_quiet (it already knows), and so may a bulk load.
 CREATE FUNCTION dispatch.sla_deadline_touch() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'UPDATE' THEN
-        IF NEW.state IS NOT DISTINCT FROM OLD.state AND NEW.due_at IS NOT DISTINCT FROM OLD.due_at
-        THEN
-            RETURN NEW;
-        END IF;
+    IF (NEW.state, NEW.due_at) IS DISTINCT FROM (OLD.state, OLD.due_at) THEN
         NEW.version := OLD.version + 1;
         NEW.updated_at := now();
-    END IF;
-    IF current_setting('dispatch.sla_quiet', true) IS DISTINCT FROM 'on' THEN
-        INSERT INTO dispatch.sla_changes (deadline_id) VALUES (NEW.id);
-        PERFORM pg_notify('dispatch_deadlines', '');
     END IF;
     RETURN NEW;
 END
 $$;
-CREATE TRIGGER sla_deadline_touch BEFORE INSERT OR UPDATE ON dispatch.sla_deadlines
+CREATE TRIGGER sla_deadline_touch BEFORE UPDATE ON dispatch.sla_deadlines
     FOR EACH ROW EXECUTE FUNCTION dispatch.sla_deadline_touch();
+
+CREATE FUNCTION dispatch.sla_deadlines_queue() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF current_setting('dispatch.sla_quiet', true) IS NOT DISTINCT FROM 'on' THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO dispatch.sla_changes (deadline_id) SELECT id FROM new_rows;
+    ELSE
+        INSERT INTO dispatch.sla_changes (deadline_id)
+        SELECT n.id FROM new_rows n JOIN old_rows o ON o.id = n.id
+         WHERE n.version <> o.version;
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM pg_notify('dispatch_deadlines', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER sla_deadlines_queue_insert AFTER INSERT ON dispatch.sla_deadlines
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION dispatch.sla_deadlines_queue();
+CREATE TRIGGER sla_deadlines_queue_update AFTER UPDATE ON dispatch.sla_deadlines
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION dispatch.sla_deadlines_queue();
 
 -- --- the hooks ----------------------------------------------------------------------------
 
@@ -492,7 +521,15 @@ $$;
 
 -- Up to p_limit tickets with clocks to compute (gen <> computed_gen).
 CREATE FUNCTION dispatch.sla_dirty(p_limit int) RETURNS json
-    LANGUAGE plpgsql STABLE AS $$
+    LANGUAGE plpgsql STABLE
+    -- A batch touches a few rows per clock of tables that grow to millions: look them up
+    -- by index, always. (Left to itself the planner scans the whole table into a hash join
+    -- once a batch is a thousand rows, or, planning while the table is young and without
+    -- statistics, keeps a plan that scans it per row.)
+    SET plan_cache_mode = force_custom_plan
+    SET enable_seqscan = off
+    SET enable_bitmapscan = off
+    AS $$
 DECLARE
     ids uuid[];
 BEGIN
@@ -516,7 +553,15 @@ $$;
 -- cancelled ones set to their new due time, fired ones left alone, and pending ones no
 -- longer wanted cancelled. Set-based: a few statements for the whole batch.
 CREATE FUNCTION dispatch.sla_save(p jsonb) RETURNS json
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql
+    -- A batch touches a few rows per clock of tables that grow to millions: look them up
+    -- by index, always. (Left to itself the planner scans the whole table into a hash join
+    -- once a batch is a thousand rows, or, planning while the table is young and without
+    -- statistics, keeps a plan that scans it per row.)
+    SET plan_cache_mode = force_custom_plan
+    SET enable_seqscan = off
+    SET enable_bitmapscan = off
+    AS $$
 DECLARE
     v_tickets uuid[];
     v_targets text[];
@@ -577,17 +622,13 @@ BEGIN
        AND d.state IN ('pending', 'cancelled')
        AND (d.state, d.due_at, d.fraction, d.elapsed_s, d.paused_s)
            IS DISTINCT FROM ('pending', w.due_at, w.fraction, w.elapsed_s, w.paused_s);
-    -- (only the missing ones: the insert trigger would queue a change even for a
-    -- conflicting row)
+    -- (the ones that exist conflict on sla_deadlines_level and are skipped; the queue
+    -- trigger sees only the rows inserted)
     INSERT INTO dispatch.sla_deadlines
         (ticket_id, target, level, fraction, due_at, elapsed_s, paused_s)
     SELECT w.ticket_id, w.target, w.level, w.fraction, w.due_at, w.elapsed_s, w.paused_s
       FROM unnest(w_ticket, w_target, w_level, w_fraction, w_due, w_elapsed, w_paused)
            AS w(ticket_id, target, level, fraction, due_at, elapsed_s, paused_s)
-     WHERE NOT EXISTS (SELECT 1 FROM dispatch.sla_deadlines d
-                        WHERE d.ticket_id = w.ticket_id AND d.target = w.target
-                          AND d.reference_id IS NULL AND d.level = w.level
-                          AND (d.level <> 'warning' OR d.fraction = w.fraction))
     ON CONFLICT DO NOTHING;
     UPDATE dispatch.sla_deadlines d SET state = 'cancelled'
       FROM unnest(v_tickets, v_targets) AS k(ticket_id, target)
@@ -610,7 +651,15 @@ $$;
 -- its clock breached; an escalation asks assignment to re-dispatch the ticket. The others
 -- come back in "rearm" ([id, due_at_us, version]) when they are still armed.
 CREATE FUNCTION dispatch.sla_fire(p_ids bigint[], p_versions int[]) RETURNS json
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql
+    -- A batch touches a few rows per clock of tables that grow to millions: look them up
+    -- by index, always. (Left to itself the planner scans the whole table into a hash join
+    -- once a batch is a thousand rows, or, planning while the table is young and without
+    -- statistics, keeps a plan that scans it per row.)
+    SET plan_cache_mode = force_custom_plan
+    SET enable_seqscan = off
+    SET enable_bitmapscan = off
+    AS $$
 DECLARE
     now_ts timestamptz := clock_timestamp();
     events jsonb;
