@@ -41,7 +41,9 @@
  *
  * Owns (struct dispatch_assigner): the roster and its calendars, the batches and the
  * roster read in flight, its timer. */
+#include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,7 +266,7 @@ static shift_entry_t *shift_get(struct dispatch_assigner *a, const json_t *shift
     }
     if (a->nshifts == a->cap_shifts) {
         size_t cap = a->cap_shifts ? a->cap_shifts * 2 : 16;
-        shift_entry_t **list = realloc(a->shift_list, cap * sizeof *list);
+        shift_entry_t **list = realloc(a->shift_list, cap * sizeof(shift_entry_t *));
         if (!list) {
             free(key);
             return NULL;
@@ -378,7 +380,8 @@ static int roster_add(struct dispatch_assigner *a, roster_entry_t *r)
 {
     if (a->n == a->cap) {
         size_t cap = a->cap ? a->cap * 2 : 256;
-        dispatch_roster_engineer_t **roster = realloc(a->roster, cap * sizeof *roster);
+        dispatch_roster_engineer_t **roster =
+            realloc(a->roster, cap * sizeof(dispatch_roster_engineer_t *));
         if (!roster)
             return AC_ERR_NOMEM;
         a->roster = roster;
@@ -988,18 +991,36 @@ static void kick(struct dispatch_assigner *a)
 /* --- notifications ------------------------------------------------------------------------------
  */
 
-/* "load <engineer id> <open jobs> <load version>" */
+/* "load <engineer id> <open jobs> <load version>"; a malformed notice is ignored. */
 static void on_load_notice(struct dispatch_assigner *a, const char *rest)
 {
+    static const char space[] = " \t\n\v\f\r"; /* isspace(), as strtol() skips it */
     char id[AC_UUID_STRLEN];
-    int open;
+    size_t id_len;
+    long open;
     long long version;
-    if (sscanf(rest, "%36s %d %lld", id, &open, &version) != 3)
+    char *end;
+
+    rest += strspn(rest, space);
+    id_len = strcspn(rest, space);
+    if (id_len == 0 || id_len >= sizeof id)
+        return;
+    memcpy(id, rest, id_len);
+    id[id_len] = '\0';
+    rest += id_len;
+    errno = 0;
+    open = strtol(rest, &end, 10);
+    if (end == rest || errno != 0 || open < INT_MIN || open > INT_MAX)
+        return;
+    rest = end;
+    errno = 0;
+    version = strtoll(rest, &end, 10);
+    if (end == rest || errno != 0)
         return;
     roster_entry_t *r = strmap_get(&a->by_id, id);
     if (!r)
         return; /* not read yet: it will come with its engineer */
-    if (entry_set_load(r, open, (int64_t)version, 0)) { /* capacity was freed */
+    if (entry_set_load(r, (int)open, (int64_t)version, 0)) { /* capacity was freed */
         a->retry_roles |= ROLE_BIT(r->e.role);
         kick(a);
     }

@@ -12,7 +12,9 @@
  * api.c (engineers' HTTP handlers), tickets.c (the intake consumer), assignment.c,
  * plans.c, work.c, repairs.c, cases.c, sla.c (each: its HTTP routes and background
  * work; its SQL in migrations/NNN_<module>.sql); store.c (prepared statements);
- * events.c (engineer payloads); calendar.c, deadlines.c, validate.c (dispatch_core: no I/O).
+ * events.c (engineer payloads); and in dispatch_core (no I/O, unit-tested): calendar.c
+ * (business time), deadlines.c (the armed deadline set), slaclock.c (SLA clocks with
+ * pauses), score.c (assignment filters and score), validate.c, plan_validate.c.
  *
  * Owns (dispatch_t): the database pool, the token cache, the outbox relay, the consumer,
  * the HTTP server, the metrics registry, the signal watchers, each module's state, and

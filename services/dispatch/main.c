@@ -290,6 +290,13 @@ int main(void)
         ac_config_free(&cfg, dispatch_config_keys);
         return 2;
     }
+    if (cfg.link_secret && cfg.link_secret[0] && strlen(cfg.link_secret) < 32) {
+        fprintf(stderr, "aftercare-dispatch: AC_DISPATCH_LINK_SECRET is too short (%zu "
+                        "characters; at least 32, or empty to disable customer links)\n",
+                strlen(cfg.link_secret));
+        ac_config_free(&cfg, dispatch_config_keys);
+        return 2;
+    }
     if (ac_curve_load(cfg.key_file, cfg.bus_server_key, &cfg.curve, err, sizeof(err)) != 0) {
         fprintf(stderr, "aftercare-dispatch: %s (AC_DISPATCH_KEY_FILE, AC_BUS_SERVER_KEY)\n", err);
         ac_config_free(&cfg, dispatch_config_keys);

@@ -10,6 +10,7 @@
 #include "ac_event.h"
 #include "ac_log.h"
 #include "ac_pbjson.h"
+#include "ac_uuid.h"
 #include "store.h"
 
 /* --- the ops list -------------------------------------------------------------------- */
@@ -324,9 +325,102 @@ int dispatch_run_sql(dispatch_t *self, int stmt, const char *const *params,
     return 0;
 }
 
+#define ROUTE_KEY_MAX   100 /* longest path parameter echoed back */
+#define ROUTE_LIMIT_DEF 50
+#define ROUTE_LIMIT_MAX 200
+
+/* --- table-driven routes ------------------------------------------------------------ */
+
+static void reply_verr(ac_http_req_t *req, const dispatch_verr_t *err)
+{
+    ac_http_reply_error(req, err->status, err->code, err->field[0] ? err->field : NULL, "%s",
+                        err->message);
+}
+
+/* The path's key when it can name something of its kind; NULL (answered 404) otherwise. */
+static const char *path_key(ac_http_req_t *req, const dispatch_route_op_t *op)
+{
+    const char *key = ac_http_req_param(req, 0);
+    int is_valid =
+        key && (op->path == DISPATCH_PATH_TICKET ? strlen(key) <= 32 && strncmp(key, "SV-", 3) == 0
+                                                 : ac_uuid_is_valid(key));
+    if (!is_valid) {
+        ac_http_reply_error(req, 404, "not_found", NULL, "no %s %.*s", op->what, ROUTE_KEY_MAX,
+                            key ? key : "");
+        return NULL;
+    }
+    return key;
+}
+
+void dispatch_run_route_op(dispatch_t *self, ac_http_req_t *req, const dispatch_route_op_t *op)
+{
+    const char *params[DISPATCH_BODY_MAX_FIELDS + 2];
+    dispatch_body_values_t values = {.v = {NULL}}; /* all absent until checked */
+    dispatch_verr_t err;
+    char *doc = NULL;
+    size_t n = 0;
+
+    if (dispatch_is_refused(self, req))
+        return;
+    if (op->path != DISPATCH_PATH_NONE && !(params[n++] = path_key(req, op)))
+        return;
+    if (op->with_actor)
+        params[n++] = ac_http_req_principal(req);
+    if (op->fields) {
+        const json_t *body = ac_http_req_json(req);
+        if (dispatch_check_body(body, op->fields, &values, &err) < 0) {
+            reply_verr(req, &err);
+            return;
+        }
+        if (op->is_doc) {
+            if (!(doc = json_dumps(body, JSON_COMPACT))) {
+                ac_http_reply_error(req, 503, "unavailable", NULL, "out of memory; retry");
+                return;
+            }
+            params[n++] = doc;
+        } else {
+            for (size_t i = 0; op->fields[i].name; i++)
+                params[n++] = values.v[i];
+        }
+    }
+    dispatch_http_sql(self, req, op->is_write, op->stmt, params); /* copies the parameters */
+    free(doc);
+}
+
+/* The list routes' common query: limit (1..200, default 50) and cursor (a positive
+ * integer), into text for the statement. 0, or answered 422. */
+int dispatch_page_query(ac_http_req_t *req, char *limit, char *cursor, size_t len, int *has_cursor)
+{
+    const char *l = ac_http_req_query(req, "limit"), *c = ac_http_req_query(req, "cursor");
+    char *end;
+    long lv = ROUTE_LIMIT_DEF;
+
+    if (l) {
+        lv = strtol(l, &end, 10);
+        if (!*l || *end || lv < 1 || lv > ROUTE_LIMIT_MAX) {
+            ac_http_reply_error(req, 422, "invalid_field", "limit",
+                                "limit must be an integer from 1 to %d", ROUTE_LIMIT_MAX);
+            return AC_ERR_INVALID;
+        }
+    }
+    *has_cursor = 0;
+    if (c) {
+        long long cv = strtoll(c, &end, 10);
+        if (!*c || *end || cv < 1) {
+            ac_http_reply_error(req, 422, "invalid_field", "cursor",
+                                "cursor must be the next_cursor of the previous page");
+            return AC_ERR_INVALID;
+        }
+        snprintf(cursor, len, "%lld", cv);
+        *has_cursor = 1;
+    }
+    snprintf(limit, len, "%ld", lv);
+    return 0;
+}
+
 /* --- the emitter: dispatch.pending_events -> outbox ---------------------------------- */
 
-#define EMIT_BATCH   "500"
+#define EMIT_BATCH   500 /* pending events per take */
 #define EMIT_EVERY_S 2.0 /* also without a NOTIFY (missed during a reconnect) */
 
 static void emit_kick(dispatch_t *self);
@@ -343,7 +437,7 @@ static void on_emitted(void *arg, int err, const json_t *result)
     }
     if (taken > 0)
         ac_metrics_add(self->metrics, "emitted_events_total", NULL, (double)taken);
-    if (self->is_emit_again || taken >= atoi(EMIT_BATCH)) {
+    if (self->is_emit_again || taken >= EMIT_BATCH) {
         self->is_emit_again = 0;
         emit_kick(self);
     }
@@ -351,14 +445,16 @@ static void on_emitted(void *arg, int err, const json_t *result)
 
 static void emit_kick(dispatch_t *self)
 {
+    char limit[16];
     if (self->is_closed)
         return;
     if (self->is_emitting) {
         self->is_emit_again = 1;
         return;
     }
-    if (dispatch_run_sql(self, DISPATCH_STMT_EMIT_TAKE, (const char *[]){EMIT_BATCH}, NULL,
-                         on_emitted, self) == 0)
+    snprintf(limit, sizeof limit, "%d", EMIT_BATCH);
+    if (dispatch_run_sql(self, DISPATCH_STMT_EMIT_TAKE, (const char *[]){limit}, NULL, on_emitted,
+                         self) == 0)
         self->is_emitting = 1;
 }
 

@@ -28,6 +28,7 @@
 #include "ac_db.h"
 #include "ac_http.h"
 #include "dispatch.h"
+#include "reqbody.h"
 
 /* The ops list (api.c's requests and dispatch_http_sql()'s). */
 void dispatch_op_attach(dispatch_t *self, dispatch_op_t *op, ac_http_req_t *req);
@@ -62,6 +63,31 @@ void dispatch_http_sql(dispatch_t *self, ac_http_req_t *req, int is_write, int s
 typedef void (*dispatch_sql_done_fn)(void *arg, int err, const json_t *result);
 int dispatch_run_sql(dispatch_t *self, int stmt, const char *const *params,
                      const char *correlation_id, dispatch_sql_done_fn done, void *arg) AC_WUR;
+
+/* Table-driven routes (repairs.c, cases.c): one SQL statement per route, whose
+ * parameters are the path's key, the caller's name (the actor) and the checked body. */
+typedef enum dispatch_path_kind {
+    DISPATCH_PATH_NONE,   /* no path parameter */
+    DISPATCH_PATH_TICKET, /* {} is a ticket number (SV-...) */
+    DISPATCH_PATH_ID,     /* {} is a UUID */
+} dispatch_path_kind_t;
+
+typedef struct dispatch_route_op {
+    int stmt;                            /* of dispatch_stmts */
+    dispatch_path_kind_t path;           /* the first parameter, when not NONE */
+    const char *what;                    /* the path's object, for a 404: "send-out", "ticket" */
+    int is_write;                        /* a transaction that may publish events */
+    int with_actor;                      /* the caller's name follows the path's key */
+    int is_doc;                          /* the whole checked body is one jsonb parameter */
+    const dispatch_body_field_t *fields; /* in parameter order; NULL: no body */
+} dispatch_route_op_t;
+
+/* Checks path and body (404, 400, 422 answered here), then dispatch_http_sql(). */
+void dispatch_run_route_op(dispatch_t *self, ac_http_req_t *req, const dispatch_route_op_t *op);
+/* A list's query: limit (1..200, default 50) and cursor (a positive integer) into text.
+ * 0, or AC_ERR_INVALID answered 422. */
+int dispatch_page_query(ac_http_req_t *req, char *limit, char *cursor, size_t len,
+                        int *has_cursor) AC_WUR;
 
 /* The emitter: publishes the events SQL queued with dispatch.emit() (hooks running in
  * the consumer's transaction, ...; migrations/002_tickets.sql), woken by NOTIFY

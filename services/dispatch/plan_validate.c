@@ -29,8 +29,10 @@ static const char *const plan_keys[] = {
     NULL,
 };
 
-__attribute__((format(printf, 5, 6))) static int
-verr(dispatch_verr_t *err, int status, const char *code, const char *field, const char *fmt, ...)
+/* Fills *err: why the request is refused. */
+__attribute__((format(printf, 5, 6))) static void set_verr(dispatch_verr_t *err, int status,
+                                                           const char *code, const char *field,
+                                                           const char *fmt, ...)
 {
     va_list ap;
     err->status = status;
@@ -39,12 +41,17 @@ verr(dispatch_verr_t *err, int status, const char *code, const char *field, cons
     va_start(ap, fmt);
     vsnprintf(err->message, sizeof err->message, fmt, ap);
     va_end(ap);
-    return AC_ERR_INVALID;
 }
+
+/* set_verr(), as an expression worth AC_ERR_INVALID: `return verr(...);`. A macro so that
+ * the value is visible at each caller: clang's analyzer does not follow calls into variadic
+ * functions, and would take a refusal of get_string() or get_int() for a success that left
+ * *out unset. (Where the value is not used, call set_verr().) */
+#define verr(...) (set_verr(__VA_ARGS__), AC_ERR_INVALID)
 
 static int nomem(dispatch_verr_t *err)
 {
-    verr(err, 503, "unavailable", NULL, "out of memory; retry");
+    set_verr(err, 503, "unavailable", NULL, "out of memory; retry");
     return AC_ERR_NOMEM;
 }
 
@@ -231,14 +238,14 @@ int dispatch_validate_plan(const json_t *body, json_t **out, dispatch_verr_t *er
         goto out;
     v = given(body, "mode");
     if (!v) {
-        verr(err, 422, "missing_field", "mode", "mode is required");
+        set_verr(err, 422, "missing_field", "mode", "mode is required");
         goto out;
     }
     mode_s = json_string_value(v);
     if (!(mode = parse_mode(mode_s))) {
-        verr(err, 422, "invalid_field", "mode",
-             "mode must be one of remote, on_site, depot_repair, external_repair%s%.40s%s",
-             mode_s ? " (not \"" : "", mode_s ? mode_s : "", mode_s ? "\")" : "");
+        set_verr(err, 422, "invalid_field", "mode",
+                 "mode must be one of remote, on_site, depot_repair, external_repair%s%.40s%s",
+                 mode_s ? " (not \"" : "", mode_s ? mode_s : "", mode_s ? "\")" : "");
         goto out;
     }
     if (get_text(given(body, "work"), "work", DISPATCH_PLAN_WORK_MAX_CHARS, &work, err) < 0)
@@ -246,9 +253,9 @@ int dispatch_validate_plan(const json_t *body, json_t **out, dispatch_verr_t *er
     if (get_string(given(body, "eta"), "eta", 1, 64, &eta_s, err) < 0)
         goto out;
     if (ac_time_parse_rfc3339(eta_s, &eta_us) < 0) {
-        verr(err, 422, "invalid_field", "eta",
-             "eta must be an RFC 3339 time such as 2026-11-24T09:00:00+01:00 (not \"%.40s\")",
-             eta_s);
+        set_verr(err, 422, "invalid_field", "eta",
+                 "eta must be an RFC 3339 time such as 2026-11-24T09:00:00+01:00 (not \"%.40s\")",
+                 eta_s);
         goto out;
     }
     if (!(doc = json_object()))
@@ -272,8 +279,8 @@ int dispatch_validate_plan(const json_t *body, json_t **out, dispatch_verr_t *er
     parts = NULL;
     if ((v = given(body, "free_of_charge"))) {
         if (!json_is_boolean(v)) {
-            verr(err, 422, "invalid_field", "free_of_charge",
-                 "free_of_charge must be true or false");
+            set_verr(err, 422, "invalid_field", "free_of_charge",
+                     "free_of_charge must be true or false");
             goto out;
         }
         if (json_object_set(doc, "free_of_charge", (json_t *)(uintptr_t)v) < 0)
@@ -287,8 +294,8 @@ int dispatch_validate_plan(const json_t *body, json_t **out, dispatch_verr_t *er
     }
     if ((v = given(body, "currency"))) {
         if (!json_is_string(v) || !is_currency(json_string_value(v))) {
-            verr(err, 422, "invalid_field", "currency",
-                 "currency must be an ISO 4217 code of three capital letters, e.g. EUR");
+            set_verr(err, 422, "invalid_field", "currency",
+                     "currency must be an ISO 4217 code of three capital letters, e.g. EUR");
             goto out;
         }
         if (json_object_set(doc, "currency", (json_t *)(uintptr_t)v) < 0)
@@ -400,7 +407,7 @@ int dispatch_plan_link_sign(const char *secret, const char *plan_id, int revisio
         sig[2 * i] = hex[mac[i] >> 4];
         sig[2 * i + 1] = hex[mac[i] & 0xf];
     }
-    sig[2 * mac_len] = '\0';
+    sig[2 * (size_t)mac_len] = '\0';
     return 0;
 }
 

@@ -1,6 +1,7 @@
 /* score.c — see score.h. */
 #include "score.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -297,6 +298,7 @@ void dispatch_unfilled_reason(const dispatch_need_t *need, const dispatch_funnel
 void dispatch_why(const dispatch_need_t *need, const dispatch_funnel_t *funnel,
                   const dispatch_choice_t *top, size_t ntop, size_t i, char *buf, size_t len)
 {
+    assert(top != NULL); /* top[i] (i < ntop) is the choice explained */
     const dispatch_choice_t *c = &top[i];
     const dispatch_choice_t *next = i + 1 < ntop ? &top[i + 1] : (i > 0 ? &top[0] : NULL);
     char rank[64], against[64];

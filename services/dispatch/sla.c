@@ -43,7 +43,7 @@
 #include "validate.h"
 
 #define LOAD_PAGE       100000 /* armed deadlines per start-up round trip */
-#define SYNC_PAGE       "5000" /* queued changes per take */
+#define SYNC_PAGE       5000   /* queued changes per take */
 #define DIRTY_PAGE      200    /* tickets per computation */
 #define FIRE_BATCH      1000   /* deadlines per firing transaction */
 #define FIRES_IN_FLIGHT 3      /* firing transactions at once (of the pool's 4) */
@@ -166,7 +166,8 @@ static int sla_returned(dispatch_sla_t *sla)
 static const dispatch_calendar_t *calendar_for(dispatch_sla_t *sla, const json_t *calendars,
                                                const char *id)
 {
-    const json_t *entry = json_object_get(calendars, id ? id : "");
+    /* no id (a malformed answer) counts as missing, like an id not in `calendars` */
+    const json_t *entry = id ? json_object_get(calendars, id) : NULL;
     json_int_t version = json_integer_value(json_object_get(entry, "version"));
     sla_cal_t *slot = NULL;
     dispatch_calendar_t *cal = NULL;
@@ -481,8 +482,7 @@ static void on_synced(void *arg, int err, const json_t *result)
         else if (dispatch_deadlines_cancel(sla->set, id, version) == AC_ERR_CONFLICT)
             ac_debug("sla: deadline %llu was re-armed since", (unsigned long long)id);
     }
-    if (sla->is_sync_again ||
-        json_integer_value(json_object_get(body, "taken")) >= atoi(SYNC_PAGE)) {
+    if (sla->is_sync_again || json_integer_value(json_object_get(body, "taken")) >= SYNC_PAGE) {
         sla->is_sync_again = 0;
         sync_kick(sla);
     }
@@ -490,13 +490,15 @@ static void on_synced(void *arg, int err, const json_t *result)
 
 static void sync_kick(dispatch_sla_t *sla)
 {
+    char limit[16];
     if (!sla->is_loaded)
         return; /* the load ends with a sync */
     if (sla->is_syncing) {
         sla->is_sync_again = 1;
         return;
     }
-    if (sla_call(sla, DISPATCH_STMT_SLA_CHANGES, (const char *[]){SYNC_PAGE}, on_synced, sla) == 0)
+    snprintf(limit, sizeof limit, "%d", SYNC_PAGE);
+    if (sla_call(sla, DISPATCH_STMT_SLA_CHANGES, (const char *[]){limit}, on_synced, sla) == 0)
         sla->is_syncing = 1;
     else
         sla->is_sync_again = 1;
@@ -827,8 +829,9 @@ static void on_metrics_render(ac_metrics_t *m, void *arg)
         return;
     memcpy(v, sla->lateness_us, n * sizeof *v);
     qsort(v, n, sizeof *v, cmp_i64);
+    size_t median = (n - 1) / 2; /* an element's index (the lower median), not a value */
     ac_metrics_set(m, "sla_fire_lateness_recent_seconds", "quantile=\"0.5\"",
-                   (double)v[(n - 1) / 2] / 1e6);
+                   (double)v[median] / 1e6);
     ac_metrics_set(m, "sla_fire_lateness_recent_seconds", "quantile=\"0.99\"",
                    (double)v[(size_t)((double)(n - 1) * 0.99 + 0.5)] / 1e6);
     ac_metrics_set(m, "sla_fire_lateness_recent_seconds", "quantile=\"1\"", (double)v[n - 1] / 1e6);

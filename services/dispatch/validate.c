@@ -35,7 +35,7 @@ int dispatch_enum_parse(const char *const *names, size_t n, const char *s)
     return 0;
 }
 
-static size_t utf8_len(const char *s)
+size_t dispatch_utf8_len(const char *s)
 {
     size_t n = 0;
     for (; *s; s++)
@@ -44,7 +44,7 @@ static size_t utf8_len(const char *s)
     return n;
 }
 
-static int phone_is_valid(const char *s)
+int dispatch_phone_is_valid(const char *s)
 {
     size_t len = strlen(s);
     int digits = 0;
@@ -62,7 +62,7 @@ static int phone_is_valid(const char *s)
     return digits >= 7;
 }
 
-static int email_is_valid(const char *s)
+int dispatch_email_is_valid(const char *s)
 {
     size_t len = strlen(s);
     const char *at = strchr(s, '@');
@@ -78,8 +78,8 @@ static int email_is_valid(const char *s)
     return 1;
 }
 
-__attribute__((format(printf, 5, 6))) static int
-verr(dispatch_verr_t *err, int status, const char *code, const char *field, const char *fmt, ...)
+int dispatch_verr(dispatch_verr_t *err, int status, const char *code, const char *field,
+                  const char *fmt, ...)
 {
     va_list ap;
     err->status = status;
@@ -91,9 +91,17 @@ verr(dispatch_verr_t *err, int status, const char *code, const char *field, cons
     return AC_ERR_INVALID;
 }
 
+int dispatch_is_blank(const char *s)
+{
+    for (; *s; s++)
+        if (*s != ' ' && *s != '\t' && *s != '\n' && *s != '\r')
+            return 0;
+    return 1;
+}
+
 static int nomem(dispatch_verr_t *err)
 {
-    verr(err, 503, "unavailable", NULL, "out of memory; retry");
+    dispatch_verr(err, 503, "unavailable", NULL, "out of memory; retry");
     return AC_ERR_NOMEM;
 }
 
@@ -116,7 +124,7 @@ static int check_known(const json_t *obj, const char *const *names, const char *
         if (!is_listed(names, key)) {
             char path[64];
             snprintf(path, sizeof path, "%s%s", prefix, key);
-            return verr(err, 422, "unknown_field", path, "unknown field %.60s", path);
+            return dispatch_verr(err, 422, "unknown_field", path, "unknown field %.60s", path);
         }
     }
     return 0;
@@ -127,12 +135,12 @@ static int get_string(const json_t *v, const char *path, size_t min, size_t max,
                       dispatch_verr_t *err)
 {
     if (!json_is_string(v))
-        return verr(err, 422, "invalid_field", path, "%s must be a string", path);
+        return dispatch_verr(err, 422, "invalid_field", path, "%s must be a string", path);
     const char *s = json_string_value(v);
-    size_t n = utf8_len(s);
+    size_t n = dispatch_utf8_len(s);
     if (n < min || n > max)
-        return verr(err, 422, "invalid_field", path, "%s must be %zu to %zu characters", path, min,
-                    max);
+        return dispatch_verr(err, 422, "invalid_field", path, "%s must be %zu to %zu characters",
+                             path, min, max);
     *out = s;
     return 0;
 }
@@ -147,8 +155,8 @@ static int get_enum(const json_t *v, const char *path, const char *const *names,
         for (size_t i = 1; i < n; i++)
             snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i > 1 ? ", " : "",
                      names[i]);
-        return verr(err, 422, "invalid_field", path, "%s must be one of %s%s%.60s%s", path, list,
-                    s ? " (not \"" : "", s ? s : "", s ? "\")" : "");
+        return dispatch_verr(err, 422, "invalid_field", path, "%s must be one of %s%s%.60s%s", path,
+                             list, s ? " (not \"" : "", s ? s : "", s ? "\")" : "");
     }
     *out = e;
     return 0;
@@ -161,9 +169,9 @@ static int check_skills(const json_t *skills, json_t **out, dispatch_verr_t *err
     static const char *const keys[] = {"kind", "name", "level", NULL};
 
     if (!json_is_array(skills))
-        return verr(err, 422, "invalid_field", "skills", "skills must be an array");
+        return dispatch_verr(err, 422, "invalid_field", "skills", "skills must be an array");
     if (json_array_size(skills) > MAX_SKILLS)
-        return verr(err, 422, "invalid_field", "skills", "at most %d skills", MAX_SKILLS);
+        return dispatch_verr(err, 422, "invalid_field", "skills", "at most %d skills", MAX_SKILLS);
     if (!(*out = json_array()))
         return nomem(err);
     json_array_foreach(skills, i, s)
@@ -173,34 +181,36 @@ static int check_skills(const json_t *skills, json_t **out, dispatch_verr_t *err
         int kind = 1;
         snprintf(path, sizeof path, "skills[%zu]", i % 1000);
         if (!json_is_object(s))
-            return verr(err, 422, "invalid_field", path, "%s must be an object", path);
+            return dispatch_verr(err, 422, "invalid_field", path, "%s must be an object", path);
         snprintf(p2, sizeof p2, "%s.", path);
         if (check_known(s, keys, p2, err) < 0)
             return AC_ERR_INVALID;
         snprintf(p2, sizeof p2, "%s.kind", path);
         if (!json_object_get(s, "kind"))
-            return verr(err, 422, "missing_field", p2, "%s is required", p2);
+            return dispatch_verr(err, 422, "missing_field", p2, "%s is required", p2);
         if (get_enum(json_object_get(s, "kind"), p2, skill_kind_names, 3, &kind, err) < 0)
             return AC_ERR_INVALID;
         snprintf(p2, sizeof p2, "%s.name", path);
         if (!json_object_get(s, "name"))
-            return verr(err, 422, "missing_field", p2, "%s is required", p2);
+            return dispatch_verr(err, 422, "missing_field", p2, "%s is required", p2);
         if (get_string(json_object_get(s, "name"), p2, 1, SKILL_MAX_CHARS, &name, err) < 0)
             return AC_ERR_INVALID;
         snprintf(p2, sizeof p2, "%s.level", path);
         const json_t *level = json_object_get(s, "level");
         if (!level)
-            return verr(err, 422, "missing_field", p2, "%s is required", p2);
+            return dispatch_verr(err, 422, "missing_field", p2, "%s is required", p2);
         if (!json_is_integer(level) || json_integer_value(level) < 1 ||
             json_integer_value(level) > 5)
-            return verr(err, 422, "invalid_field", p2, "%s must be an integer from 1 to 5", p2);
+            return dispatch_verr(err, 422, "invalid_field", p2, "%s must be an integer from 1 to 5",
+                                 p2);
         for (size_t j = 0; j < i; j++) {
             const json_t *o = json_array_get(skills, j);
             if (strcmp(json_string_value(json_object_get(o, "kind")), skill_kind_names[kind]) ==
                     0 &&
                 strcmp(json_string_value(json_object_get(o, "name")), name) == 0)
-                return verr(err, 422, "invalid_field", path, "%s repeats the %s skill %.60s", path,
-                            skill_kind_names[kind], name);
+                return dispatch_verr(err, 422, "invalid_field", path,
+                                     "%s repeats the %s skill %.60s", path, skill_kind_names[kind],
+                                     name);
         }
         if (json_array_append_new(*out,
                                   json_pack("{s:s,s:s,s:I}", "kind", skill_kind_names[kind], "name",
@@ -216,9 +226,11 @@ static int check_regions(const json_t *regions, dispatch_verr_t *err)
     const json_t *r;
     const char *s = "";
     if (!json_is_array(regions))
-        return verr(err, 422, "invalid_field", "regions", "regions must be an array of strings");
+        return dispatch_verr(err, 422, "invalid_field", "regions",
+                             "regions must be an array of strings");
     if (json_array_size(regions) > MAX_REGIONS)
-        return verr(err, 422, "invalid_field", "regions", "at most %d regions", MAX_REGIONS);
+        return dispatch_verr(err, 422, "invalid_field", "regions", "at most %d regions",
+                             MAX_REGIONS);
     json_array_foreach(regions, i, r)
     {
         char path[64];
@@ -227,7 +239,8 @@ static int check_regions(const json_t *regions, dispatch_verr_t *err)
             return AC_ERR_INVALID;
         for (size_t j = 0; j < i; j++)
             if (strcmp(json_string_value(json_array_get(regions, j)), s) == 0)
-                return verr(err, 422, "invalid_field", path, "%s repeats region %.60s", path, s);
+                return dispatch_verr(err, 422, "invalid_field", path, "%s repeats region %.60s",
+                                     path, s);
     }
     return 0;
 }
@@ -237,8 +250,8 @@ static int check_contact(const json_t *contact, json_t **out, dispatch_verr_t *e
     static const char *const keys[] = {"phone", "email", NULL};
     const json_t *phone, *email;
     if (!json_is_object(contact))
-        return verr(err, 422, "invalid_field", "contact",
-                    "contact must be an object with phone and/or email");
+        return dispatch_verr(err, 422, "invalid_field", "contact",
+                             "contact must be an object with phone and/or email");
     if (check_known(contact, keys, "contact.", err) < 0)
         return AC_ERR_INVALID;
     phone = json_object_get(contact, "phone");
@@ -248,14 +261,16 @@ static int check_contact(const json_t *contact, json_t **out, dispatch_verr_t *e
     if (json_is_null(email))
         email = NULL;
     if (!phone && !email)
-        return verr(err, 422, "missing_field", "contact", "contact needs a phone or an email");
-    if (phone && (!json_is_string(phone) || !phone_is_valid(json_string_value(phone))))
-        return verr(err, 422, "invalid_field", "contact.phone",
-                    "contact.phone must be 7 to 20 characters: digits, spaces, - ( ) and a "
-                    "leading +");
-    if (email && (!json_is_string(email) || !email_is_valid(json_string_value(email))))
-        return verr(err, 422, "invalid_field", "contact.email",
-                    "contact.email is not an email address");
+        return dispatch_verr(err, 422, "missing_field", "contact",
+                             "contact needs a phone or an email");
+    if (phone && (!json_is_string(phone) || !dispatch_phone_is_valid(json_string_value(phone))))
+        return dispatch_verr(
+            err, 422, "invalid_field", "contact.phone",
+            "contact.phone must be 7 to 20 characters: digits, spaces, - ( ) and a "
+            "leading +");
+    if (email && (!json_is_string(email) || !dispatch_email_is_valid(json_string_value(email))))
+        return dispatch_verr(err, 422, "invalid_field", "contact.email",
+                             "contact.email is not an email address");
     if (!(*out = json_object()))
         return nomem(err);
     if ((phone && json_object_set(*out, "phone", (json_t *)(uintptr_t)phone) < 0) ||
@@ -270,19 +285,20 @@ static int check_shift(const json_t *shift, const char *tzdir, dispatch_verr_t *
     dispatch_cal_err_t cerr;
     int rc;
     if (!json_is_object(shift))
-        return verr(err, 422, "invalid_field", "shift",
-                    "shift must be a calendar object (time_zone, working_hours)");
+        return dispatch_verr(err, 422, "invalid_field", "shift",
+                             "shift must be a calendar object (time_zone, working_hours)");
     rc = dispatch_calendar_parse(shift, tzdir, &cal, &cerr);
     dispatch_calendar_destroy(&cal);
     if (rc == AC_ERR_INVALID) {
         char path[64];
         snprintf(path, sizeof path, "shift%s%.50s", cerr.field[0] ? "." : "", cerr.field);
-        return verr(err, 422, "invalid_field", path, "shift: %.200s", cerr.message);
+        return dispatch_verr(err, 422, "invalid_field", path, "shift: %.200s", cerr.message);
     }
     if (rc == AC_ERR_NOMEM)
         return nomem(err);
     if (rc < 0)
-        return verr(err, 503, "unavailable", "shift", "the time zone data cannot be read; retry");
+        return dispatch_verr(err, 503, "unavailable", "shift",
+                             "the time zone data cannot be read; retry");
     return 0;
 }
 
@@ -297,7 +313,7 @@ int dispatch_validate_engineer(const json_t *body, const char *tzdir, json_t **o
 
     *out = NULL;
     if (!json_is_object(body)) {
-        verr(err, 400, "malformed_json", NULL, "the body must be a JSON object");
+        dispatch_verr(err, 400, "malformed_json", NULL, "the body must be a JSON object");
         goto out;
     }
     if (check_known(body, editable, "", err) < 0)
@@ -307,7 +323,7 @@ int dispatch_validate_engineer(const json_t *body, const char *tzdir, json_t **o
         int is_optional =
             strcmp(k, "skills") == 0 || strcmp(k, "regions") == 0 || strcmp(k, "availability") == 0;
         if (!is_optional && !json_object_get(body, k)) {
-            verr(err, 422, "missing_field", k, "%s is required", k);
+            dispatch_verr(err, 422, "missing_field", k, "%s is required", k);
             goto out;
         }
     }
@@ -319,8 +335,8 @@ int dispatch_validate_engineer(const json_t *body, const char *tzdir, json_t **o
         goto out;
     v = json_object_get(body, "capacity");
     if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > MAX_CAPACITY) {
-        verr(err, 422, "invalid_field", "capacity",
-             "capacity must be an integer from 0 to %d (open jobs at once)", MAX_CAPACITY);
+        dispatch_verr(err, 422, "invalid_field", "capacity",
+                      "capacity must be an integer from 0 to %d (open jobs at once)", MAX_CAPACITY);
         goto out;
     }
     const json_t *skills_in = json_object_get(body, "skills");
@@ -370,13 +386,13 @@ int dispatch_validate_engineer_patch(const json_t *body, int64_t *expected_versi
     *fields_out = NULL;
     *expected_version = 0;
     if (!json_is_object(body))
-        return verr(err, 400, "malformed_json", NULL, "the body must be a JSON object");
+        return dispatch_verr(err, 400, "malformed_json", NULL, "the body must be a JSON object");
     if (check_known(body, keys, "", err) < 0)
         return AC_ERR_INVALID;
     if ((v = json_object_get(body, "expected_version"))) {
         if (!json_is_integer(v) || json_integer_value(v) < 1)
-            return verr(err, 422, "invalid_field", "expected_version",
-                        "expected_version must be a positive integer");
+            return dispatch_verr(err, 422, "invalid_field", "expected_version",
+                                 "expected_version must be a positive integer");
         *expected_version = (int64_t)json_integer_value(v);
     }
     if (!(*fields_out = json_object()))
@@ -388,7 +404,7 @@ int dispatch_validate_engineer_patch(const json_t *body, int64_t *expected_versi
         if (json_is_null(v) && strcmp(key, "contact") != 0) {
             json_decref(*fields_out);
             *fields_out = NULL;
-            return verr(err, 422, "invalid_field", key, "%s cannot be null", key);
+            return dispatch_verr(err, 422, "invalid_field", key, "%s cannot be null", key);
         }
         if (json_object_set(*fields_out, key, v) < 0) {
             json_decref(*fields_out);
@@ -475,8 +491,9 @@ static int query_string(dispatch_query_fn query, void *arg, const char *name, co
     *out = NULL;
     if (!s)
         return 0;
-    if (s[0] == '\0' || utf8_len(s) > 100)
-        return verr(err, 422, "invalid_field", name, "%s must be 1 to 100 characters", name);
+    if (s[0] == '\0' || dispatch_utf8_len(s) > 100)
+        return dispatch_verr(err, 422, "invalid_field", name, "%s must be 1 to 100 characters",
+                             name);
     *out = s;
     return 0;
 }
@@ -492,13 +509,13 @@ int dispatch_validate_engineer_filter(dispatch_query_fn query, void *arg, dispat
         char *end;
         long v = strtol(s, &end, 10);
         if (!s[0] || *end || v < 1 || v > 200)
-            return verr(err, 422, "invalid_field", "limit",
-                        "limit must be an integer from 1 to 200");
+            return dispatch_verr(err, 422, "invalid_field", "limit",
+                                 "limit must be an integer from 1 to 200");
         out->limit = v;
     }
     if ((s = query(arg, "cursor")) && cursor_parse(s, &out->cursor) < 0)
-        return verr(err, 422, "invalid_field", "cursor",
-                    "cursor is not valid; pass next_cursor from the previous page");
+        return dispatch_verr(err, 422, "invalid_field", "cursor",
+                             "cursor is not valid; pass next_cursor from the previous page");
     if ((s = query(arg, "role"))) {
         json_t *j = json_string(s);
         int rc = get_enum(j, "role", dispatch_role_names, 6, &e, err);

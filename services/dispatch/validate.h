@@ -31,6 +31,17 @@ typedef struct dispatch_verr {
     char message[256]; /* a sentence naming the offending value */
 } dispatch_verr_t;
 
+/* Fills *err; returns AC_ERR_INVALID (so that a check can `return dispatch_verr(...)`). */
+__attribute__((format(printf, 5, 6))) int dispatch_verr(dispatch_verr_t *err, int status,
+                                                        const char *code, const char *field,
+                                                        const char *fmt, ...);
+
+/* Small forms shared by every module's input rules. */
+size_t dispatch_utf8_len(const char *s);    /* characters of valid UTF-8 */
+int dispatch_is_blank(const char *s);       /* only white space (or empty) */
+int dispatch_phone_is_valid(const char *s); /* 7-20 of digits, spaces, - ( ), a leading + */
+int dispatch_email_is_valid(const char *s); /* local@domain.tld, no spaces */
+
 /* The editable fields of an engineer, all of them (a create, or a PATCH merged into the
  * current engineer): name, role, skills, regions, capacity, availability, contact, shift.
  * On success *out is the normalised document (defaults filled: skills [], regions [],

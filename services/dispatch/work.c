@@ -45,8 +45,9 @@ typedef struct work_verr {
     char message[256];
 } work_verr_t;
 
-__attribute__((format(printf, 5, 6))) static int
-verr(work_verr_t *err, int status, const char *code, const char *field, const char *fmt, ...)
+/* Fills *err: why the request is refused. */
+__attribute__((format(printf, 5, 6))) static void
+set_verr(work_verr_t *err, int status, const char *code, const char *field, const char *fmt, ...)
 {
     va_list ap;
     err->status = status;
@@ -55,8 +56,13 @@ verr(work_verr_t *err, int status, const char *code, const char *field, const ch
     va_start(ap, fmt);
     vsnprintf(err->message, sizeof err->message, fmt, ap);
     va_end(ap);
-    return AC_ERR_INVALID;
 }
+
+/* set_verr(), as an expression worth AC_ERR_INVALID: `return verr(...);`. A macro so that
+ * the value is visible at each caller: clang's analyzer does not follow calls into variadic
+ * functions, and would take a refusal of get_string() for a success that left *out unset.
+ * (Where the value is not used, call set_verr().) */
+#define verr(...) (set_verr(__VA_ARGS__), AC_ERR_INVALID)
 
 static void reply_verr(ac_http_req_t *req, const work_verr_t *err)
 {
@@ -210,8 +216,9 @@ static int check_report(const json_t *r, json_t **out, work_verr_t *err)
     if ((v = json_object_get(r, "attachments"))) {
         const json_t *a;
         if (!json_is_array(v) || json_array_size(v) > ATTACHMENTS_MAX) {
-            verr(err, 422, "invalid_field", "report.attachments",
-                 "report.attachments must be an array of at most %d references", ATTACHMENTS_MAX);
+            set_verr(err, 422, "invalid_field", "report.attachments",
+                     "report.attachments must be an array of at most %d references",
+                     ATTACHMENTS_MAX);
             goto fail;
         }
         json_array_foreach(v, i, a)
@@ -220,9 +227,9 @@ static int check_report(const json_t *r, json_t **out, work_verr_t *err)
             const char *s = json_string_value(a);
             snprintf(path, sizeof path, "report.attachments[%zu]", i);
             if (!s || utf8_len(s) < 1 || utf8_len(s) > ATTACHMENT_MAX) {
-                verr(err, 422, "invalid_field", path,
-                     "%s must be a reference (URL or id) of 1 to %d characters", path,
-                     ATTACHMENT_MAX);
+                set_verr(err, 422, "invalid_field", path,
+                         "%s must be a reference (URL or id) of 1 to %d characters", path,
+                         ATTACHMENT_MAX);
                 goto fail;
             }
             if (json_array_append_new(attachments, json_string(s)) < 0)
@@ -236,7 +243,7 @@ static int check_report(const json_t *r, json_t **out, work_verr_t *err)
         return verr(err, 503, "unavailable", NULL, "out of memory; retry");
     return 0;
 nomem:
-    verr(err, 503, "unavailable", NULL, "out of memory; retry");
+    set_verr(err, 503, "unavailable", NULL, "out of memory; retry");
 fail:
     json_decref(used);
     json_decref(returned);
@@ -357,10 +364,10 @@ static void on_work_step(ac_http_req_t *req, void *arg)
         get_string(body, "step", "step", 1, 1, 16, &step, &err) < 0)
         goto refused;
     if (!is_name_in(step, step_names)) {
-        verr(&err, 422, "invalid_field", "step",
-             "step must be one of travel, arrived, started, paused, resumed, completed, "
-             "confirmed (not \"%.40s\")",
-             step);
+        set_verr(&err, 422, "invalid_field", "step",
+                 "step must be one of travel, arrived, started, paused, resumed, completed, "
+                 "confirmed (not \"%.40s\")",
+                 step);
         goto refused;
     }
     if (ac_http_req_role(req) == AC_ROLE_AGENT && strcmp(step, "confirmed") != 0) {
@@ -374,8 +381,8 @@ static void on_work_step(ac_http_req_t *req, void *arg)
         goto refused;
     if ((v = json_object_get(body, "expected_version")) && !json_is_null(v)) {
         if (!json_is_integer(v) || json_integer_value(v) < 1) {
-            verr(&err, 422, "invalid_field", "expected_version",
-                 "expected_version must be an integer >= 1");
+            set_verr(&err, 422, "invalid_field", "expected_version",
+                     "expected_version must be an integer >= 1");
             goto refused;
         }
         snprintf(version_s, sizeof version_s, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
@@ -387,41 +394,42 @@ static void on_work_step(ac_http_req_t *req, void *arg)
     int is_confirmed = strcmp(step, "confirmed") == 0;
     const json_t *rv = json_object_get(body, "report");
     const json_t *cv = json_object_get(body, "confirmation");
-    if (rv && json_is_null(rv))
+    if (json_is_null(rv)) /* json_is_null() is false for NULL */
         rv = NULL;
-    if (cv && json_is_null(cv))
+    if (json_is_null(cv))
         cv = NULL;
     if (is_paused && !pause_reason) {
-        verr(&err, 422, "missing_field", "pause_reason",
-             "pause_reason (waiting_parts or waiting_customer) is required with step paused");
+        set_verr(&err, 422, "missing_field", "pause_reason",
+                 "pause_reason (waiting_parts or waiting_customer) is required with step paused");
         goto refused;
     }
     if (pause_reason && !is_paused) {
-        verr(&err, 422, "invalid_field", "pause_reason", "pause_reason goes only with step paused");
+        set_verr(&err, 422, "invalid_field", "pause_reason",
+                 "pause_reason goes only with step paused");
         goto refused;
     }
     if (pause_reason && !is_name_in(pause_reason, pause_reason_names)) {
-        verr(&err, 422, "invalid_field", "pause_reason",
-             "pause_reason must be waiting_parts or waiting_customer (not \"%.40s\")",
-             pause_reason);
+        set_verr(&err, 422, "invalid_field", "pause_reason",
+                 "pause_reason must be waiting_parts or waiting_customer (not \"%.40s\")",
+                 pause_reason);
         goto refused;
     }
     if (is_completed && !rv) {
-        verr(&err, 422, "missing_field", "report", "report is required with step completed");
+        set_verr(&err, 422, "missing_field", "report", "report is required with step completed");
         goto refused;
     }
     if (rv && !is_completed) {
-        verr(&err, 422, "invalid_field", "report", "report goes only with step completed");
+        set_verr(&err, 422, "invalid_field", "report", "report goes only with step completed");
         goto refused;
     }
     if (is_confirmed && !cv) {
-        verr(&err, 422, "missing_field", "confirmation",
-             "confirmation is required with step confirmed");
+        set_verr(&err, 422, "missing_field", "confirmation",
+                 "confirmation is required with step confirmed");
         goto refused;
     }
     if (cv && !is_confirmed) {
-        verr(&err, 422, "invalid_field", "confirmation",
-             "confirmation goes only with step confirmed");
+        set_verr(&err, 422, "invalid_field", "confirmation",
+                 "confirmation goes only with step confirmed");
         goto refused;
     }
     if ((rv && check_report(rv, &report, &err) < 0) ||

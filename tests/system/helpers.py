@@ -825,8 +825,13 @@ class Stack:
                        extra_env=self.bus_env)
         self.bus.start()
         self.bus.wait_ready()
+        intake_env = dict(self.intake_env or {})
+        if not self.with_dispatch:
+            # no dispatch in this stack: intake follows nothing (its default is dispatch's
+            # events), so the bus output has only the tests' own subscribers
+            intake_env.setdefault("AC_INTAKE_FOLLOW", "none")
         self.intake = Intake(self.log_dir, self.pg.env["AC_INTAKE_DB"], self.bus, self.keys,
-                             extra_env=self.intake_env)
+                             extra_env=intake_env)
         self.intake.probe_token = self.tokens["agent"]
         self.intake.start()
         self.intake.wait_ready()

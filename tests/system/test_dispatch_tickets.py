@@ -2,7 +2,9 @@
 shows its view of every ticket intake created, kept current with updates and status
 changes, and a dispatch that was down catches up from its checkpoint."""
 
+import os
 import signal
+import subprocess
 
 import pytest
 
@@ -79,3 +81,15 @@ def test_dispatch_down_catches_up(dstack):
         "SELECT count(*) FROM dispatch.ticket_status_history h JOIN dispatch.tickets t "
         "ON t.id = h.ticket_id WHERE t.number = ANY(%s)", (numbers,))
     assert n == 20
+
+
+def test_short_link_secret_is_refused_at_start(dstack):
+    env = {"PATH": os.environ.get("PATH", ""),
+           "AC_DISPATCH_DB": dstack.pg.env["AC_DISPATCH_DB"],
+           "AC_BUS_SERVER_KEY": dstack.keys.bus[0],
+           "AC_DISPATCH_KEY_FILE": dstack.keys.path("dispatch"),
+           "AC_DISPATCH_LINK_SECRET": "too-short"}
+    p = subprocess.run([helpers.DISPATCH_BIN], env=env, capture_output=True, text=True,
+                       timeout=20)
+    assert p.returncode == 2
+    assert "AC_DISPATCH_LINK_SECRET" in p.stderr and "at least 32" in p.stderr
