@@ -291,8 +291,9 @@ int main(void)
         return 2;
     }
     if (cfg.link_secret && cfg.link_secret[0] && strlen(cfg.link_secret) < 32) {
-        fprintf(stderr, "aftercare-dispatch: AC_DISPATCH_LINK_SECRET is too short (%zu "
-                        "characters; at least 32, or empty to disable customer links)\n",
+        fprintf(stderr,
+                "aftercare-dispatch: AC_DISPATCH_LINK_SECRET is too short (%zu "
+                "characters; at least 32, or empty to disable customer links)\n",
                 strlen(cfg.link_secret));
         ac_config_free(&cfg, dispatch_config_keys);
         return 2;
