@@ -17,7 +17,8 @@
 #include "ac_err.h"
 
 struct ev_loop;
-struct pg_result; /* PGresult; only ac_db.c and store.c files include <libpq-fe.h> */
+struct pg_result; /* PGresult; only the db module and store.c files include <libpq-fe.h> */
+struct json_t;
 
 typedef struct ac_db ac_db_t;
 typedef struct ac_db_txn ac_db_txn_t;
@@ -109,6 +110,22 @@ int ac_db_txn_nresults(const ac_db_txn_t *t);
 struct pg_result *ac_db_txn_result(const ac_db_txn_t *t, int i);
 const char *ac_db_txn_sqlstate(const ac_db_txn_t *t); /* "" when none */
 const char *ac_db_txn_errmsg(const ac_db_txn_t *t);   /* "" when none */
+
+/* --- reading results as JSON (db_json.c; for the services' store.c) -------------------
+ * Results are those of ac_db_txn_result(): borrowed until the next flush/commit/free. */
+/* The i-th result when it returned rows (PGRES_TUPLES_OK); NULL otherwise. */
+const struct pg_result *ac_db_txn_rows(const ac_db_txn_t *t, int i);
+/* Cell (row, col) parsed as JSON (any value); NULL for SQL NULL or unparsable text
+ * (logged). The caller owns the result. */
+struct json_t *ac_db_json_cell(const struct pg_result *res, int row, int col);
+/* First column of the first row as JSON; AC_ERR_NOTFOUND when no row or SQL NULL,
+ * AC_ERR_PROTO when the statement returned no rows or unparsable JSON. */
+int ac_db_doc_result(const ac_db_txn_t *t, int i, struct json_t **doc_out) AC_WUR;
+/* Rows (seq, doc) of a list statement that fetched limit + 1 rows:
+ * {"items": [first `limit` docs], "next_cursor": "<seq of the last item>" | null}.
+ * AC_ERR_PROTO (no rows, or not two columns) or AC_ERR_NOMEM (also for a doc that is SQL
+ * NULL or does not parse). */
+int ac_db_page_result(const ac_db_txn_t *t, int i, long limit, struct json_t **body_out) AC_WUR;
 
 /* --- start-up -------------------------------------------------------------------------
  * Blocking. Applies, in one transaction each, the migrations newer than those recorded in

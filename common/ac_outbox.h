@@ -2,29 +2,36 @@
  *
  * Every service that publishes owns <schema>.outbox (created by ac_outbox_migrate()):
  *   id bigserial, event_id uuid unique, topic text, envelope bytea (packed Envelope
- *   without sequence), created_at, sequence bigint unique (NULL until relayed)
- * and <schema>.outbox_state (last_seq: last number assigned; published_seq: last number
- * handed to the bus). A writer inserts into the outbox in
- * the same transaction as its state change:
+ *   without sequence), created_at
+ * and, next to it, <schema>.outbox_pending (id: rows not numbered yet; the insert trigger
+ * fills it), <schema>.outbox_seq (sequence -> id: the numbering, append-only),
+ * <schema>.outbox_state (last_seq: last number assigned; published_seq: last number
+ * handed to the bus) and the view <schema>.outbox_sequenced (the outbox with its sequence,
+ * NULL while unnumbered). A writer inserts into the outbox in the same transaction as its
+ * state change:
  *   INSERT INTO <schema>.outbox (event_id, topic, envelope) VALUES ($1, $2, $3)
- * ($3 binary). A statement trigger sends NOTIFY <schema>_outbox.
+ * ($3 binary). A statement trigger records the new ids as pending and sends NOTIFY
+ * <schema>_outbox.
  *
  * The relay (one per service) is woken by that NOTIFY (and polls once a second as a
- * safety net). In one transaction it numbers the oldest unnumbered rows last_seq+1,
- * last_seq+2, ... (gap-free from 1, kept across restarts), commits, then publishes them in
- * order to the bus input; published_seq records what went out, lagging 2 s behind so that
- * what a killed process's socket still held counts as unsent. After a crash, rows after
- * the recorded published_seq are published again first (at-least-once; subscribers drop
- * duplicates by sequence). Nothing is sent until the bus has subscribed, so events
- * are never dropped by ZeroMQ's publisher for want of a subscriber.
+ * safety net). In one transaction it takes the oldest pending ids, numbers them last_seq+1,
+ * last_seq+2, ... (gap-free from 1, kept across restarts) in outbox_seq without touching
+ * the outbox rows, commits, then publishes them in order to the bus input, several per
+ * ZeroMQ message (ac_bus.h, batches); published_seq records what went out, lagging 2 s
+ * behind so that what a killed process's socket still held counts as unsent. After a crash,
+ * events after the recorded published_seq are published again first (at-least-once;
+ * subscribers drop duplicates by sequence). Nothing is sent until the bus has subscribed,
+ * so events are never dropped by ZeroMQ's publisher for want of a subscriber.
  *
  * Retention: rows stay in the outbox, where the bus's replay reads them, for
- * cfg->retention_s; a prune job deletes, oldest first and in bounded chunks, rows whose
- * sequence is at most the recorded published_seq and that are older than that. It never
- * leaves a hole: it stops at the first row (in sequence order) that must stay.
- * The outbox migration GRANTs SELECT on both tables to role ac_bus when it exists.
+ * cfg->retention_s; a prune job deletes, oldest first and in bounded chunks, events (rows
+ * and numbers) whose sequence is at most the recorded published_seq and that are older
+ * than that. It never leaves a hole: it stops at the first row (in sequence order) that
+ * must stay.
+ * The outbox migrations GRANT SELECT on these tables to role ac_bus when it exists.
  *
- * Owns: its own one-connection ac_db pool, its bus publisher, its timers. */
+ * Owns: its own two-connection ac_db pool (relay; prune and VACUUM), its bus publisher, its timers.
+ */
 #ifndef AC_OUTBOX_H
 #define AC_OUTBOX_H
 

@@ -56,6 +56,7 @@
 #include "ops.h"
 #include "score.h"
 #include "store.h"
+#include "validate.h"
 
 #define BATCH_LIMIT    100   /* requests per batch */
 #define TOP_K          4     /* choices handed to the database per request */
@@ -729,8 +730,7 @@ static void on_applied(ac_db_txn_t *txn, int err, void *arg)
     int rc;
 
     a->state = W_IDLE;
-    if (err < 0 || dispatch_store_doc_result(txn, 0, &result) < 0 ||
-        json_object_get(result, "error")) {
+    if (err < 0 || ac_db_doc_result(txn, 0, &result) < 0 || json_object_get(result, "error")) {
         ac_error("assignment: dispatch.assign_apply failed (%s%s%s); retrying",
                  err < 0 ? ac_strerror(err) : "bad answer", err == AC_ERR_DB ? ": " : "",
                  err == AC_ERR_DB ? ac_db_txn_errmsg(txn) : "");
@@ -769,7 +769,7 @@ static void on_taken(ac_db_txn_t *txn, int err, void *arg)
     const json_t *item;
     int rc;
 
-    if (err < 0 || dispatch_store_doc_result(txn, 1, &items) < 0 || !json_is_array(items)) {
+    if (err < 0 || ac_db_doc_result(txn, 1, &items) < 0 || !json_is_array(items)) {
         ac_error("assignment: dispatch.assign_take failed (%s%s%s); retrying",
                  err < 0 ? ac_strerror(err) : "bad answer", err == AC_ERR_DB ? ": " : "",
                  err == AC_ERR_DB ? ac_db_txn_errmsg(txn) : "");
@@ -899,7 +899,7 @@ static void on_roster(ac_db_txn_t *txn, int err, void *arg)
     int is_full = a->is_loading_full;
     int rc = err;
 
-    if (rc == 0 && (rc = dispatch_store_doc_result(txn, 0, &rows)) == 0 && !json_is_array(rows))
+    if (rc == 0 && (rc = ac_db_doc_result(txn, 0, &rows)) == 0 && !json_is_array(rows))
         rc = AC_ERR_PROTO;
     if (rc == 0)
         rc = roster_apply(a, rows, is_full, is_full ? NULL : a->pending, a->nloading);
@@ -1111,15 +1111,6 @@ void dispatch_assignment_stop(dispatch_t *self)
 /* --- HTTP ---------------------------------------------------------------------------------------
  */
 
-static size_t utf8_len(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++)
-        if (((unsigned char)*s & 0xC0) != 0x80)
-            n++;
-    return n;
-}
-
 /* 0, or answered 422 (and -1). names: the fields allowed. */
 static int check_fields(ac_http_req_t *req, const char *const *names)
 {
@@ -1152,7 +1143,7 @@ static const char *get_reason(ac_http_req_t *req, const json_t *body)
         return NULL;
     }
     s = json_string_value(v);
-    if (strspn(s, " \t\r\n") == strlen(s) || utf8_len(s) > REASON_MAX) {
+    if (strspn(s, " \t\r\n") == strlen(s) || dispatch_utf8_len(s) > REASON_MAX) {
         ac_http_reply_error(req, 422, "invalid_field", "reason",
                             "reason must have 1 to %d characters", REASON_MAX);
         return NULL;

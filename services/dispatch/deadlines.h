@@ -1,5 +1,6 @@
 /* deadlines.h — the in-memory side of the SLA engine's timers: the set of armed deadlines
- * (one entry per deadline row in PostgreSQL, keyed by the row's id) and the one libev
+ * (one entry per armed clock — due at its next level — or vendor deadline row in
+ * PostgreSQL, keyed by the clock's or the row's id: one id space) and the one libev
  * watcher that wakes the loop when the earliest of them is due. Pure C: no database, no
  * sockets. The rows are the truth (DESIGN.md §2); this set only decides when to look.
  *

@@ -17,8 +17,8 @@
  * pauses), score.c (assignment filters and score), validate.c, plan_validate.c.
  *
  * Owns (dispatch_t): the database pool, the token cache, the outbox relay, the consumer,
- * the HTTP server, the metrics registry, the signal watchers, each module's state, and
- * every request waiting on the database (the ops list). */
+ * the metrics registry, each module's state, and (in its ac_service_t) the HTTP server,
+ * the signal watchers and the list of requests waiting on the database. */
 #ifndef DISPATCH_H
 #define DISPATCH_H
 
@@ -34,6 +34,7 @@
 #include "ac_http.h"
 #include "ac_metrics.h"
 #include "ac_outbox.h"
+#include "ac_service.h"
 
 typedef struct dispatch_config {
     char *db_conninfo;    /* AC_DISPATCH_DB (required) */
@@ -54,11 +55,9 @@ typedef struct dispatch_config {
     char *log_format;     /* AC_LOG_FORMAT: text | json */
 } dispatch_config_t;
 
-/* A request waiting on the database. Embedded first in every async request struct. */
-typedef struct dispatch_op {
-    struct dispatch_op *prev, *next; /* in dispatch_t.ops while attached */
-    ac_http_req_t *req;              /* NULL once answered by dispatch_ops_abort() */
-} dispatch_op_t;
+/* A request waiting on the database (ac_service.h). Embedded first in every async
+ * request struct. */
+typedef ac_op_t dispatch_op_t;
 
 typedef struct dispatch {
     struct ev_loop *loop;               /* borrowed from main() */
@@ -67,26 +66,17 @@ typedef struct dispatch {
     ac_db_t *db;                        /* owned */
     ac_auth_t *auth;                    /* owned */
     ac_outbox_t *outbox;                /* owned */
-    ac_http_t *http;                    /* owned */
     ac_consumer_t *consumer;            /* owned: intake's ticket events */
     ac_http_route_t *routes;            /* owned: every module's routes, concatenated */
     struct dispatch_assigner *assigner; /* owned (assignment.c) */
     struct dispatch_sla *sla;           /* owned (sla.c) */
     ac_db_config_t db_cfg;              /* must outlive db */
     ac_outbox_config_t outbox_cfg;
-    ac_http_config_t http_cfg;
     ac_consumer_config_t consumer_cfg;
-    ev_signal sigint, sigterm; /* graceful stop */
-    ev_timer stop_deadline;    /* gives requests in flight this long after a signal */
-    int is_stopping;           /* a signal came: new requests get 503, the rest finish */
-    int is_closed;             /* the loop has ended: start no database work */
-    ev_timer emit_timer;       /* ops.c's emitter: pending_events -> outbox */
+    ac_service_t base;   /* HTTP, graceful stop, requests in flight */
+    int is_closed;       /* the loop has ended: start no database work */
+    ev_timer emit_timer; /* ops.c's emitter: pending_events -> outbox */
     int is_emitting, is_emit_again;
-
-    dispatch_op_t ops; /* sentinel of the attached requests */
-    size_t nops;
-
-    ac_db_stats_t db_seen; /* db counters already exported to metrics */
 } dispatch_t;
 
 /* Each module's routes, each table terminated by { NULL }; main.c serves them all. */
@@ -99,10 +89,8 @@ extern const ac_http_route_t dispatch_repair_routes[];      /* repairs.c */
 extern const ac_http_route_t dispatch_case_routes[];        /* cases.c */
 extern const ac_http_route_t dispatch_sla_routes[];         /* sla.c */
 
-/* api.c: initialises the ops list and declares the service's metrics. */
+/* api.c: declares the service's metrics. */
 void dispatch_api_setup(dispatch_t *self);
-/* ops.c: 503 to every request waiting on the database, detaches them. */
-void dispatch_ops_abort(dispatch_t *self);
 
 /* tickets.c: the routes of the intake consumer (by payload type). */
 extern const ac_consumer_route_t dispatch_ticket_routes[];

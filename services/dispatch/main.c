@@ -1,8 +1,7 @@
 /* main.c — aftercare-dispatch: configuration, then dispatch_setup(), the loop,
- * dispatch_teardown() (the reverse order). A first SIGINT/SIGTERM lets the requests in
- * flight finish (up to STOP_GRACE_S), a second one stops at once. */
+ * dispatch_teardown() (the reverse order). The HTTP server, /healthz and the graceful stop
+ * on SIGINT/SIGTERM are ac_service's. */
 #include <ev.h>
-#include <jansson.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -14,9 +13,6 @@
 #include "dispatch.h"
 #include "ops.h"
 #include "store.h"
-
-#define STOP_GRACE_S   5.0  /* longest wait for requests in flight after a signal */
-#define MIGRATE_WAIT_S 30.0 /* PostgreSQL may still be starting */
 
 extern const ac_migration_t dispatch_migrations[];
 
@@ -103,57 +99,6 @@ static ac_http_route_t *routes_concat(void)
     return all; /* all[n] is zeroed: the terminator */
 }
 
-static int on_authenticate(void *arg, const char *token, const char **name_out)
-{
-    dispatch_t *self = arg;
-    if (!self->auth || !ac_auth_is_loaded(self->auth))
-        return -1; /* 503: a valid token must never be told it is unknown */
-    return ac_auth_lookup(self->auth, token, name_out);
-}
-
-static int on_health(void *arg, json_t *checks)
-{
-    dispatch_t *self = arg;
-    int is_db_up = ac_db_is_up(self->db);
-    int is_auth_loaded = self->auth && ac_auth_is_loaded(self->auth);
-    json_object_set_new(checks, "db", json_string(is_db_up ? "up" : "down"));
-    json_object_set_new(checks, "tokens", json_string(is_auth_loaded ? "loaded" : "loading"));
-    return is_db_up && is_auth_loaded ? 0 : AC_ERR_UNAVAILABLE;
-}
-
-static void stop(dispatch_t *self, const char *signame)
-{
-    if (self->is_stopping) {
-        ac_warn("%s again: stopping now", signame);
-        ev_break(self->loop, EVBREAK_ALL);
-        return;
-    }
-    self->is_stopping = 1;
-    ac_info("%s: stopping after %zu requests in flight", signame, self->nops);
-    if (self->nops == 0) {
-        ev_break(self->loop, EVBREAK_ALL);
-        return;
-    }
-    ev_timer_start(self->loop, &self->stop_deadline);
-}
-
-static void on_sigint(struct ev_loop *loop, ev_signal *w, int revents)
-{
-    stop(ac_container_of(w, dispatch_t, sigint), "SIGINT");
-}
-
-static void on_sigterm(struct ev_loop *loop, ev_signal *w, int revents)
-{
-    stop(ac_container_of(w, dispatch_t, sigterm), "SIGTERM");
-}
-
-static void on_stop_deadline(struct ev_loop *loop, ev_timer *w, int revents)
-{
-    dispatch_t *self = ac_container_of(w, dispatch_t, stop_deadline);
-    ac_warn("%zu requests still in flight after %.0f s: stopping anyway", self->nops, STOP_GRACE_S);
-    ev_break(loop, EVBREAK_ALL);
-}
-
 /* --- setup / teardown ------------------------------------------------------------------ */
 
 static int dispatch_setup(dispatch_t *self, struct ev_loop *loop, const dispatch_config_t *cfg)
@@ -162,13 +107,9 @@ static int dispatch_setup(dispatch_t *self, struct ev_loop *loop, const dispatch
     self->loop = loop;
     self->cfg = cfg;
 
-    if (ac_db_migrate(cfg->db_conninfo, "dispatch", "dispatch", dispatch_migrations,
-                      MIGRATE_WAIT_S) < 0 ||
-        ac_outbox_migrate(cfg->db_conninfo, "dispatch", MIGRATE_WAIT_S) < 0 ||
-        ac_consumer_migrate(cfg->db_conninfo, "dispatch", MIGRATE_WAIT_S) < 0) {
-        ac_error("dispatch: database migrations failed");
+    ac_service_init(&self->base, loop, "dispatch", "");
+    if (ac_service_migrate(&self->base, cfg->db_conninfo, dispatch_migrations) < 0)
         return -1;
-    }
 
     if (!(self->metrics = ac_metrics_new("aftercare_dispatch")))
         return -1;
@@ -224,42 +165,21 @@ static int dispatch_setup(dispatch_t *self, struct ev_loop *loop, const dispatch
 
     if (!(self->routes = routes_concat()))
         return -1;
-    self->http_cfg = (ac_http_config_t){
+    ac_http_config_t http_cfg = {
         .bind_addr = cfg->http_addr,
         .port = cfg->http_port,
         .max_body_bytes = (size_t)cfg->max_body,
         .routes = self->routes,
         .handler_arg = self,
-        .authenticate = on_authenticate,
-        .auth_arg = self,
-        .health = on_health,
-        .health_arg = self,
         .metrics = self->metrics,
     };
-    if (!(self->http = ac_http_new(loop, &self->http_cfg)))
-        return -1;
-
-    ev_signal_init(&self->sigint, on_sigint, SIGINT);
-    ev_signal_start(loop, &self->sigint);
-    ev_signal_init(&self->sigterm, on_sigterm, SIGTERM);
-    ev_signal_start(loop, &self->sigterm);
-    ev_timer_init(&self->stop_deadline, on_stop_deadline, STOP_GRACE_S, 0.);
-
-    ac_info("dispatch listening on http://%s:%d", cfg->http_addr, ac_http_port(self->http));
-    return 0;
+    return ac_service_listen(&self->base, self->db, self->auth, &http_cfg);
 }
 
 static void dispatch_teardown(dispatch_t *self)
 {
-    if (self->loop) {
-        ev_signal_stop(self->loop, &self->sigint);
-        ev_signal_stop(self->loop, &self->sigterm);
-        ev_timer_stop(self->loop, &self->stop_deadline);
-    }
-    self->is_closed = 1; /* from here on no call starts */
-    if (self->ops.next)
-        dispatch_ops_abort(self);
-    ac_http_destroy(&self->http);
+    self->is_closed = 1;                  /* from here on no call starts */
+    ac_service_close(&self->base);        /* 503 to the requests in flight; no more HTTP */
     ac_consumer_destroy(&self->consumer); /* its transaction in flight rolls back */
     dispatch_sla_stop(self);
     dispatch_assignment_stop(self);

@@ -13,70 +13,26 @@
 #include "ac_uuid.h"
 #include "store.h"
 
-/* --- the ops list -------------------------------------------------------------------- */
+/* --- ac_service's, under dispatch's names ------------------------------------------- */
 
 void dispatch_op_attach(dispatch_t *self, dispatch_op_t *op, ac_http_req_t *req)
 {
-    op->req = req;
-    op->prev = &self->ops;
-    op->next = self->ops.next;
-    self->ops.next->prev = op;
-    self->ops.next = op;
-    self->nops++;
+    ac_service_op_attach(&self->base, op, req);
 }
 
 void dispatch_op_detach(dispatch_t *self, dispatch_op_t *op)
 {
-    if (!op->next)
-        return;
-    op->prev->next = op->next;
-    op->next->prev = op->prev;
-    op->next = op->prev = NULL;
-    self->nops--;
-    if (self->is_stopping && !self->is_closed && self->nops == 0)
-        ev_break(self->loop, EVBREAK_ALL); /* graceful stop: the last request is answered */
-}
-
-void dispatch_ops_abort(dispatch_t *self)
-{
-    while (self->ops.next != &self->ops) {
-        dispatch_op_t *op = self->ops.next;
-        if (op->req)
-            ac_http_reply_error(op->req, 503, "unavailable", NULL, "the server is shutting down");
-        op->req = NULL;
-        dispatch_op_detach(self, op);
-    }
-}
-
-static int is_retryable_state(const char *state)
-{
-    return strncmp(state, "40", 2) == 0 || strncmp(state, "53", 2) == 0 ||
-           strncmp(state, "57", 2) == 0 || strncmp(state, "08", 2) == 0;
+    ac_service_op_detach(&self->base, op);
 }
 
 void dispatch_reply_db_error(ac_http_req_t *req, int err, const ac_db_txn_t *txn)
 {
-    const char *state = txn ? ac_db_txn_sqlstate(txn) : "";
-    if (err == AC_ERR_DB && !is_retryable_state(state)) {
-        ac_error("%s %s: database error (SQLSTATE %s): %s", ac_http_req_method(req),
-                 ac_http_req_path(req), state, txn ? ac_db_txn_errmsg(txn) : "");
-        ac_http_reply_error(req, 500, "internal", NULL, "internal error (SQLSTATE %s)", state);
-        return;
-    }
-    if (err == AC_ERR_NOMEM) {
-        ac_http_reply_error(req, 503, "unavailable", NULL, "out of memory; retry");
-        return;
-    }
-    ac_http_reply_error(req, 503, "unavailable", NULL,
-                        "the database is unavailable; nothing was changed, retry");
+    ac_service_reply_db_error(req, err, txn);
 }
 
 int dispatch_is_refused(dispatch_t *self, ac_http_req_t *req)
 {
-    if (!self->is_stopping)
-        return 0;
-    ac_http_reply_error(req, 503, "unavailable", NULL, "the server is shutting down");
-    return 1;
+    return ac_service_is_refused(&self->base, req);
 }
 
 /* --- events -------------------------------------------------------------------------- */

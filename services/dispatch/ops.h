@@ -16,8 +16,9 @@
  * type aftercare.<topic>.v1 and the correlation id (the HTTP request id), packed and
  * inserted into dispatch.outbox — in the same transaction, which then commits.
  *
- * Also here: the list of requests waiting on the database (dispatch_t.ops), so that a
- * stopping service can answer them, and the mapping of database errors to replies.
+ * Also here, under dispatch's names: ac_service's list of requests waiting on the
+ * database (so that a stopping service can answer them), its refusal of new requests
+ * while stopping and its mapping of database errors to replies.
  *
  * Owns: each op's transaction until its callback has run. */
 #ifndef DISPATCH_OPS_H
@@ -30,15 +31,17 @@
 #include "dispatch.h"
 #include "reqbody.h"
 
-/* The ops list (api.c's requests and dispatch_http_sql()'s). */
+/* The ops list (dispatch_http_sql()'s requests and the modules'):
+ * ac_service_op_attach() / ac_service_op_detach() (idempotent) on self->base. */
 void dispatch_op_attach(dispatch_t *self, dispatch_op_t *op, ac_http_req_t *req);
-void dispatch_op_detach(dispatch_t *self, dispatch_op_t *op); /* idempotent */
+void dispatch_op_detach(dispatch_t *self, dispatch_op_t *op);
 
-/* 503 for lost connections and transient SQL states (nothing changed, retry), 500 for
- * other SQL errors (logged with the SQLSTATE). */
+/* ac_service_reply_db_error(): 503 for lost connections, out of memory and transient SQL
+ * states (nothing changed, retry), 500 for other SQL errors (logged with the SQLSTATE). */
 void dispatch_reply_db_error(ac_http_req_t *req, int err, const ac_db_txn_t *txn);
 
-/* A stopping service takes nothing new: 1 (answered 503) when refused. */
+/* ac_service_is_refused(): a stopping service takes nothing new: 1 (answered 503) when
+ * refused. */
 int dispatch_is_refused(dispatch_t *self, ac_http_req_t *req);
 
 /* Packs every EVENT of `events` (an array, may be NULL or empty) and queues its outbox

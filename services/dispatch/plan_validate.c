@@ -3,7 +3,6 @@
 
 #include <ctype.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,39 +28,16 @@ static const char *const plan_keys[] = {
     NULL,
 };
 
-/* Fills *err: why the request is refused. */
-__attribute__((format(printf, 5, 6))) static void set_verr(dispatch_verr_t *err, int status,
-                                                           const char *code, const char *field,
-                                                           const char *fmt, ...)
-{
-    va_list ap;
-    err->status = status;
-    snprintf(err->code, sizeof err->code, "%s", code);
-    snprintf(err->field, sizeof err->field, "%s", field ? field : "");
-    va_start(ap, fmt);
-    vsnprintf(err->message, sizeof err->message, fmt, ap);
-    va_end(ap);
-}
-
-/* set_verr(), as an expression worth AC_ERR_INVALID: `return verr(...);`. A macro so that
- * the value is visible at each caller: clang's analyzer does not follow calls into variadic
- * functions, and would take a refusal of get_string() or get_int() for a success that left
- * *out unset. (Where the value is not used, call set_verr().) */
-#define verr(...) (set_verr(__VA_ARGS__), AC_ERR_INVALID)
+/* dispatch_verr() (validate.h), as an expression worth AC_ERR_INVALID: `return verr(...);`.
+ * A macro so that the value is visible at each caller: clang's analyzer does not follow
+ * calls into variadic functions, and would take a refusal of get_string() or get_int() for a
+ * success that left *out unset. (Where the value is not used, call dispatch_verr().) */
+#define verr(...) (dispatch_verr(__VA_ARGS__), AC_ERR_INVALID)
 
 static int nomem(dispatch_verr_t *err)
 {
-    set_verr(err, 503, "unavailable", NULL, "out of memory; retry");
+    (void)dispatch_verr(err, 503, "unavailable", NULL, "out of memory; retry");
     return AC_ERR_NOMEM;
-}
-
-static size_t utf8_len(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++)
-        if (((unsigned char)*s & 0xC0) != 0x80)
-            n++;
-    return n;
 }
 
 /* A member that is present and not null; NULL otherwise. */
@@ -97,7 +73,7 @@ static int get_string(const json_t *v, const char *path, size_t min, size_t max,
     if (!json_is_string(v))
         return verr(err, 422, "invalid_field", path, "%s must be a string", path);
     const char *s = json_string_value(v);
-    size_t n = utf8_len(s);
+    size_t n = dispatch_utf8_len(s);
     if (n < min || n > max)
         return verr(err, 422, "invalid_field", path, "%s must be %zu to %zu characters", path, min,
                     max);
@@ -238,14 +214,15 @@ int dispatch_validate_plan(const json_t *body, json_t **out, dispatch_verr_t *er
         goto out;
     v = given(body, "mode");
     if (!v) {
-        set_verr(err, 422, "missing_field", "mode", "mode is required");
+        (void)dispatch_verr(err, 422, "missing_field", "mode", "mode is required");
         goto out;
     }
     mode_s = json_string_value(v);
     if (!(mode = parse_mode(mode_s))) {
-        set_verr(err, 422, "invalid_field", "mode",
-                 "mode must be one of remote, on_site, depot_repair, external_repair%s%.40s%s",
-                 mode_s ? " (not \"" : "", mode_s ? mode_s : "", mode_s ? "\")" : "");
+        (void)dispatch_verr(
+            err, 422, "invalid_field", "mode",
+            "mode must be one of remote, on_site, depot_repair, external_repair%s%.40s%s",
+            mode_s ? " (not \"" : "", mode_s ? mode_s : "", mode_s ? "\")" : "");
         goto out;
     }
     if (get_text(given(body, "work"), "work", DISPATCH_PLAN_WORK_MAX_CHARS, &work, err) < 0)
@@ -253,9 +230,10 @@ int dispatch_validate_plan(const json_t *body, json_t **out, dispatch_verr_t *er
     if (get_string(given(body, "eta"), "eta", 1, 64, &eta_s, err) < 0)
         goto out;
     if (ac_time_parse_rfc3339(eta_s, &eta_us) < 0) {
-        set_verr(err, 422, "invalid_field", "eta",
-                 "eta must be an RFC 3339 time such as 2026-11-24T09:00:00+01:00 (not \"%.40s\")",
-                 eta_s);
+        (void)dispatch_verr(
+            err, 422, "invalid_field", "eta",
+            "eta must be an RFC 3339 time such as 2026-11-24T09:00:00+01:00 (not \"%.40s\")",
+            eta_s);
         goto out;
     }
     if (!(doc = json_object()))
@@ -279,8 +257,8 @@ int dispatch_validate_plan(const json_t *body, json_t **out, dispatch_verr_t *er
     parts = NULL;
     if ((v = given(body, "free_of_charge"))) {
         if (!json_is_boolean(v)) {
-            set_verr(err, 422, "invalid_field", "free_of_charge",
-                     "free_of_charge must be true or false");
+            (void)dispatch_verr(err, 422, "invalid_field", "free_of_charge",
+                                "free_of_charge must be true or false");
             goto out;
         }
         if (json_object_set(doc, "free_of_charge", (json_t *)(uintptr_t)v) < 0)
@@ -294,8 +272,9 @@ int dispatch_validate_plan(const json_t *body, json_t **out, dispatch_verr_t *er
     }
     if ((v = given(body, "currency"))) {
         if (!json_is_string(v) || !is_currency(json_string_value(v))) {
-            set_verr(err, 422, "invalid_field", "currency",
-                     "currency must be an ISO 4217 code of three capital letters, e.g. EUR");
+            (void)dispatch_verr(
+                err, 422, "invalid_field", "currency",
+                "currency must be an ISO 4217 code of three capital letters, e.g. EUR");
             goto out;
         }
         if (json_object_set(doc, "currency", (json_t *)(uintptr_t)v) < 0)

@@ -1,25 +1,29 @@
 /* sla.c — the SLA engine (issue 4; docs/dispatch-api.md, "The SLA engine"): SLA calendars
- * and policies over HTTP, GET /v1/tickets/{number}/sla, and the engine that turns deadline
- * rows (migrations/004_sla.sql) into escalations exactly once.
+ * and policies over HTTP, GET /v1/tickets/{number}/sla, and the engine that turns clocks'
+ * levels and vendor deadlines (migrations/004_sla.sql, 009_sla_levels.sql) into
+ * escalations exactly once.
  *
- * The engine, one instance per dispatch process, on the service's loop:
+ * The engine, one instance per dispatch process, on the service's loop. What it arms is a
+ * clock (at its earliest pending level, keyed by the clock's id) or a vendor deadline row:
  *   load     at start-up (and after a failed attempt) it clears the change queue
- *            (dispatch.sla_start) and reads every armed deadline in (due_at, id) pages of
- *            LOAD_PAGE binary rows straight into the deadline set (deadlines.c: append, then
- *            one O(n) heapify), then attaches the set's ev_periodic to the loop;
- *   sync     NOTIFY dispatch_deadlines (and a sweep every SWEEP_S) takes the queue of
- *            changed deadline ids (dispatch.sla_changes_take) and arms, moves or cancels
- *            them in the set;
- *   compute  the same wake-up reads the clocks marked dirty by the hooks
- *            (dispatch.sla_dirty), computes their deadlines with slaclock.c (calendar.c)
- *            from the status history, and writes them back (dispatch.sla_save), which
- *            queues the changes the sync step then arms;
- *   fire     when the earliest deadline is due, the set hands the due ones over; batches
- *            of up to FIRE_BATCH go to dispatch.sla_fire (FIRES_IN_FLIGHT at most at a time,
- *            the rest wait here — that is the group commit under load): one transaction
- *            marks each one fired if it is still pending at the armed version, and puts its
- *            sla.* event in the outbox (ops.c). A failed or doubtful batch is re-armed
- *            RETRY_S later; the conditional update makes the retry harmless.
+ *            (dispatch.sla_start) and reads everything armed (view dispatch.sla_armed) in
+ *            (due_at, id) pages of LOAD_PAGE binary rows straight into the deadline set
+ *            (deadlines.c: append, then one O(n) heapify), then attaches the set's
+ *            ev_periodic to the loop; nothing else arms before the load is done;
+ *   compute  NOTIFY dispatch_deadlines (and a sweep every SWEEP_S) reads the clocks marked
+ *            dirty by the hooks (dispatch.sla_dirty), computes their levels with slaclock.c
+ *            (calendar.c) from the status history, merges them with the levels the clock
+ *            had (levels_merge: fired ones stay fired), and writes each clock back
+ *            (dispatch.sla_save), whose answer it arms or cancels;
+ *   sync     the same wake-up takes the queue of changed vendor deadline ids
+ *            (dispatch.sla_changes_take) and arms, moves or cancels them in the set;
+ *   fire     when the earliest is due, the set hands the due ones over; batches of up to
+ *            FIRE_BATCH go to dispatch.sla_fire (FIRES_IN_FLIGHT at most at a time, the
+ *            rest wait here — that is the group commit under load): one transaction fires
+ *            the due levels of each clock still at the armed version (or the vendor row
+ *            still pending at it), and puts their sla.* events in the outbox (ops.c). A
+ *            failed or doubtful batch is re-armed RETRY_S later; the conditional update
+ *            makes the retry harmless.
  * Rows are the truth: a crash loses only the set, which the next start reads back, and a
  * deadline that passed meanwhile is due at once.
  *
@@ -251,11 +255,28 @@ typedef struct clock_calc {
     int64_t paused_us;
 } clock_calc_t;
 
-/* clock: one element of sla_ticket_state()'s "clocks". */
-static int clock_compute(dispatch_sla_t *sla, const json_t *calendars, ticket_marks_t *tm,
+/* The policy of `clock` in `state` (sla_dirty's or sla_view's body: "policies" by id). */
+static const json_t *policy_of(const json_t *state, const json_t *clock)
+{
+    const char *id = json_string_value(json_object_get(clock, "policy_id"));
+    return id ? json_object_get(json_object_get(state, "policies"), id) : NULL;
+}
+
+/* Seconds of `target` in `pol`; 0 when it has none. */
+static json_int_t target_s_of(const json_t *pol, const json_t *clock)
+{
+    const char *target = json_string_value(json_object_get(clock, "target"));
+    return target ? json_integer_value(json_object_get(json_object_get(pol, "targets"), target))
+                  : 0;
+}
+
+/* clock: one element of a ticket's "clocks" in dispatch.sla_state(); state: the body it
+ * came in, with the "policies" and "calendars" it refers to. */
+static int clock_compute(dispatch_sla_t *sla, const json_t *state, ticket_marks_t *tm,
                          bool is_urgent, const json_t *clock, int64_t at_us, clock_calc_t *out)
 {
-    const json_t *pol = json_object_get(clock, "policy");
+    const json_t *calendars = json_object_get(state, "calendars");
+    const json_t *pol = policy_of(state, clock);
     const json_t *jfr = json_object_get(pol, "fractions");
     const char *target = json_string_value(json_object_get(clock, "target"));
     const json_t *stopped = json_object_get(clock, "stopped_at_us");
@@ -267,7 +288,7 @@ static int clock_compute(dispatch_sla_t *sla, const json_t *calendars, ticket_ma
     memset(out, 0, sizeof *out);
     const dispatch_calendar_t *cal =
         calendar_for(sla, calendars, json_string_value(json_object_get(pol, "calendar_id")));
-    if (!cal || !target)
+    if (!pol || !cal || !target)
         return AC_ERR_INVALID;
     json_array_foreach(jfr, i, f)
     {
@@ -284,7 +305,7 @@ static int clock_compute(dispatch_sla_t *sla, const json_t *calendars, ticket_ma
                                      strcmp(target, "resolution") == 0, tm->spans);
     c.pauses = tm->spans;
 
-    json_int_t target_s = json_integer_value(json_object_get(pol, "target_s"));
+    json_int_t target_s = target_s_of(pol, clock);
     if (target_s > 0) { /* none: the policy has no such target (the clock is cancelled) */
         dispatch_sla_targets_t t = {
             .target_s = target_s,
@@ -456,12 +477,27 @@ static void arm(dispatch_sla_t *sla, uint64_t id, int64_t due_us, uint32_t versi
         ac_error("sla: arming deadline %llu failed: %s", (unsigned long long)id, ac_strerror(rc));
 }
 
+/* items: [id, due_us (null: not armed any more), version] each. */
+static void arm_items(dispatch_sla_t *sla, const json_t *items)
+{
+    const json_t *item;
+    size_t i;
+    json_array_foreach(items, i, item)
+    {
+        uint64_t id = (uint64_t)json_integer_value(json_array_get(item, 0));
+        const json_t *due = json_array_get(item, 1);
+        uint32_t version = (uint32_t)json_integer_value(json_array_get(item, 2));
+        if (json_is_integer(due))
+            arm(sla, id, json_integer_value(due), version);
+        else if (dispatch_deadlines_cancel(sla->set, id, version) == AC_ERR_CONFLICT)
+            ac_debug("sla: deadline %llu was re-armed since", (unsigned long long)id);
+    }
+}
+
 static void on_synced(void *arg, int err, const json_t *result)
 {
     dispatch_sla_t *sla = arg;
     const json_t *body = json_object_get(result, "body");
-    const json_t *item;
-    size_t i;
 
     if (sla_returned(sla))
         return;
@@ -472,16 +508,7 @@ static void on_synced(void *arg, int err, const json_t *result)
         sla->is_sync_again = 1; /* the tick retries */
         return;
     }
-    json_array_foreach(json_object_get(body, "items"), i, item)
-    {
-        uint64_t id = (uint64_t)json_integer_value(json_array_get(item, 0));
-        const json_t *due = json_array_get(item, 1);
-        uint32_t version = (uint32_t)json_integer_value(json_array_get(item, 2));
-        if (json_is_integer(due))
-            arm(sla, id, json_integer_value(due), version);
-        else if (dispatch_deadlines_cancel(sla->set, id, version) == AC_ERR_CONFLICT)
-            ac_debug("sla: deadline %llu was re-armed since", (unsigned long long)id);
-    }
+    arm_items(sla, json_object_get(body, "items"));
     if (sla->is_sync_again || json_integer_value(json_object_get(body, "taken")) >= SYNC_PAGE) {
         sla->is_sync_again = 0;
         sync_kick(sla);
@@ -506,20 +533,143 @@ static void sync_kick(dispatch_sla_t *sla)
 
 /* --- compute: dirty clocks -> deadline rows ------------------------------------------------- */
 
+/* A clock's level k has id clock id + k, k = 1..LEVEL_SLOTS (009_sla_levels.sql). */
+#define LEVEL_SLOTS 15
+
+/* Whether `old` (a stored level) is the computed level (level, fraction): warnings are
+ * told apart by their fraction; a breach or an escalation is one whatever its fraction. */
+static int is_same_level(const json_t *old, const char *level, double fraction)
+{
+    const char *l = json_string_value(json_object_get(old, "level"));
+    if (!l || strcmp(l, level) != 0)
+        return 0;
+    return strcmp(level, "warning") != 0 ||
+           fabs(json_number_value(json_object_get(old, "fraction")) - fraction) < 1e-9;
+}
+
+static int is_state(const json_t *level, const char *state)
+{
+    return strcmp(str_or_empty(json_string_value(json_object_get(level, "state"))), state) == 0;
+}
+
+/* An id for a new level of the clock `base`: a free slot, else that of a level no longer
+ * wanted that never fired (which is then dropped: *dropped_j); 0 when all are fired. */
+static json_int_t level_id(json_int_t base, unsigned used, const json_t *old, const char *is_kept,
+                           size_t *dropped_j)
+{
+    const json_t *o;
+    size_t j;
+    *dropped_j = SIZE_MAX;
+    for (int k = 1; k <= LEVEL_SLOTS; k++)
+        if (!(used & (1U << k)))
+            return base + k;
+    json_array_foreach(old, j, o)
+    {
+        if (!is_kept[j] && !is_state(o, "fired")) {
+            *dropped_j = j;
+            return json_integer_value(json_object_get(o, "id"));
+        }
+    }
+    return 0;
+}
+
+/* The clock's new levels: each computed one (is_open; the id of the stored level it
+ * matches, or a new one), except that a level that fired stays as it fired; stored levels
+ * no longer computed stay fired or become cancelled. *next_us: the earliest due time of
+ * the pending ones (DISPATCH_SLA_NEVER: nothing to arm). NULL when out of memory. */
+static json_t *levels_merge(const json_t *ticket, const json_t *clock, const clock_calc_t *cc,
+                            bool is_open, int64_t *next_us)
+{
+    json_int_t base = json_integer_value(json_object_get(clock, "id"));
+    const json_t *old = json_object_get(clock, "levels"), *o;
+    size_t n_old = json_array_size(old), j, i;
+    char *is_kept = calloc(n_old + 1, 1); /* old level j is in the result (or dropped) */
+    json_t *out = json_array();
+    unsigned used = 0; /* bit k: id base + k is taken */
+
+    *next_us = DISPATCH_SLA_NEVER;
+    if (!is_kept || !out)
+        goto fail;
+    json_array_foreach(old, j, o)
+    {
+        json_int_t k = json_integer_value(json_object_get(o, "id")) - base;
+        if (k >= 1 && k <= LEVEL_SLOTS)
+            used |= 1U << k;
+    }
+    for (i = 0; is_open && i < cc->n_lv; i++) {
+        const dispatch_sla_planned_t *p = &cc->lv[i];
+        const char *name = LEVELS[p->level];
+        size_t match = SIZE_MAX, dropped = SIZE_MAX;
+        json_array_foreach(old, j, o)
+        {
+            if (!is_kept[j] && is_same_level(o, name, p->fraction)) {
+                match = j;
+                break;
+            }
+        }
+        if (match != SIZE_MAX) {
+            is_kept[match] = 1;
+            o = json_array_get(old, match);
+            if (is_state(o, "fired")) { /* fired once, for ever */
+                if (json_array_append(out, (json_t *)(uintptr_t)o) < 0)
+                    goto fail;
+                continue;
+            }
+        }
+        json_int_t id = match != SIZE_MAX ? json_integer_value(json_object_get(o, "id"))
+                                          : level_id(base, used, old, is_kept, &dropped);
+        if (id == 0) {
+            ac_log_at(AC_LOG_ERROR, json_string_value(json_object_get(ticket, "number")), NULL,
+                      "sla: the %s clock has no room for its %s level at %.3f",
+                      json_string_value(json_object_get(clock, "target")), name, p->fraction);
+            continue;
+        }
+        if (dropped != SIZE_MAX)
+            is_kept[dropped] = 1;
+        if (id > base && id - base <= LEVEL_SLOTS)
+            used |= 1U << (id - base);
+        if (p->due_us != DISPATCH_SLA_NEVER && p->due_us < *next_us)
+            *next_us = p->due_us;
+        if (json_array_append_new(
+                out, json_pack("{s:I, s:s, s:f, s:o, s:I, s:I, s:s}", "id", id, "level", name,
+                               "fraction", p->fraction, "due_us", json_us(p->due_us), "elapsed_s",
+                               (json_int_t)(p->elapsed_us / US_PER_S), "paused_s",
+                               (json_int_t)(p->paused_us / US_PER_S), "state", "pending")) < 0)
+            goto fail;
+    }
+    json_array_foreach(old, j, o)
+    {
+        if (is_kept[j])
+            continue;
+        json_t *copy = json_copy((json_t *)(uintptr_t)o);
+        if (!copy || (is_state(o, "pending") &&
+                      json_object_set_new(copy, "state", json_string("cancelled")) < 0) ||
+            json_array_append_new(out, copy) < 0)
+            goto fail;
+    }
+    free(is_kept);
+    return out;
+fail:
+    free(is_kept);
+    json_decref(out);
+    return NULL;
+}
+
 /* The save entry of one clock (NULL when out of memory). */
-static json_t *clock_entry(dispatch_sla_t *sla, const json_t *ticket, const json_t *calendars,
+static json_t *clock_entry(dispatch_sla_t *sla, const json_t *ticket, const json_t *batch,
                            ticket_marks_t *tm, const json_t *clock, int64_t at_us)
 {
     const char *state = json_string_value(json_object_get(clock, "state"));
     bool is_urgent =
         strcmp(str_or_empty(json_string_value(json_object_get(ticket, "priority"))), "P1") == 0;
     clock_calc_t cc;
+    int64_t next_us;
     json_t *e =
         json_pack("{s:O, s:O, s:O}", "ticket_id", json_object_get(ticket, "ticket_id"), "target",
                   json_object_get(clock, "target"), "gen", json_object_get(clock, "gen"));
     if (!e)
         return NULL;
-    int rc = clock_compute(sla, calendars, tm, is_urgent, clock, at_us, &cc);
+    int rc = clock_compute(sla, batch, tm, is_urgent, clock, at_us, &cc);
     if (rc < 0) {
         ac_log_at(AC_LOG_ERROR, json_string_value(json_object_get(ticket, "number")), NULL,
                   "sla: the %s clock cannot be computed (%s); its deadlines stay as they are",
@@ -527,17 +677,10 @@ static json_t *clock_entry(dispatch_sla_t *sla, const json_t *ticket, const json
         json_object_set_new(e, "keep", json_true());
         return e;
     }
-    json_t *lv = json_array();
     bool is_open = state && (strcmp(state, "running") == 0 || strcmp(state, "paused") == 0);
-    for (size_t i = 0; is_open && lv && i < cc.n_lv; i++) {
-        const dispatch_sla_planned_t *p = &cc.lv[i];
-        json_array_append_new(lv,
-                              json_pack("{s:s, s:f, s:o, s:I, s:I}", "level", LEVELS[p->level],
-                                        "fraction", p->fraction, "due_at_us", json_us(p->due_us),
-                                        "elapsed_s", (json_int_t)(p->elapsed_us / US_PER_S),
-                                        "paused_s", (json_int_t)(p->paused_us / US_PER_S)));
-    }
-    if (!lv || json_object_set_new(e, "deadlines", lv) < 0 ||
+    json_t *lv = levels_merge(ticket, clock, &cc, is_open, &next_us);
+    if (!lv || json_object_set_new(e, "levels", lv) < 0 ||
+        json_object_set_new(e, "next_due_us", json_us(next_us)) < 0 ||
         json_object_set_new(e, "due_at_us", cc.due_us ? json_us(cc.due_us) : json_null()) < 0) {
         json_decref(e);
         return NULL;
@@ -560,6 +703,7 @@ static void on_saved(void *arg, int err, const json_t *result)
     }
     json_int_t saved = json_integer_value(json_object_get(body, "saved"));
     json_int_t stale = json_integer_value(json_object_get(body, "stale"));
+    arm_items(sla, json_object_get(body, "armed"));
     if (saved > 0)
         ac_metrics_add(sla->svc->metrics, "sla_clocks_computed_total", NULL, (double)saved);
     if (sla->is_compute_again || saved + stale > 0) { /* more may be dirty */
@@ -572,7 +716,6 @@ static void on_dirty(void *arg, int err, const json_t *result)
 {
     dispatch_sla_t *sla = arg;
     const json_t *body = json_object_get(result, "body");
-    const json_t *calendars = json_object_get(body, "calendars");
     const json_t *ticket, *clock;
     json_t *clocks = NULL, *doc = NULL;
     char *text = NULL;
@@ -607,7 +750,7 @@ static void on_dirty(void *arg, int err, const json_t *result)
         }
         json_array_foreach(json_object_get(ticket, "clocks"), k, clock)
         {
-            json_t *e = clock_entry(sla, ticket, calendars, &tm, clock, at_us);
+            json_t *e = clock_entry(sla, ticket, body, &tm, clock, at_us);
             if (!e || json_array_append_new(clocks, e) < 0) {
                 marks_fini(&tm);
                 goto fail;
@@ -638,6 +781,8 @@ fail:
 static void compute_kick(dispatch_sla_t *sla)
 {
     char limit[16];
+    if (!sla->is_loaded)
+        return; /* a save arms what it saved: the load ends with a computation */
     if (sla->is_computing) {
         sla->is_compute_again = 1;
         return;
@@ -871,7 +1016,8 @@ int dispatch_sla_start(dispatch_t *self)
         ac_metric_type_t type;
         const char *help;
     } families[] = {
-        {"sla_deadlines_armed", AC_METRIC_GAUGE, "SLA deadlines armed in memory"},
+        {"sla_deadlines_armed", AC_METRIC_GAUGE,
+         "SLA deadlines armed in memory (running clocks at their next level, vendor deadlines)"},
         {"sla_deadlines_loaded", AC_METRIC_GAUGE,
          "1 once the armed deadlines have been loaded after the start"},
         {"sla_load_seconds", AC_METRIC_GAUGE, "how long loading the armed deadlines took"},
@@ -1420,10 +1566,10 @@ typedef struct view_call {
     dispatch_sla_t *sla;
 } view_call_t;
 
-static json_t *render_clock(dispatch_sla_t *sla, const json_t *ticket, const json_t *calendars,
+static json_t *render_clock(dispatch_sla_t *sla, const json_t *ticket, const json_t *view,
                             ticket_marks_t *tm, const json_t *clock, int64_t at_us)
 {
-    const json_t *pol = json_object_get(clock, "policy");
+    const json_t *pol = policy_of(view, clock);
     const char *state = json_string_value(json_object_get(clock, "state"));
     const json_t *deadlines = json_object_get(clock, "deadlines"), *d, *next = NULL;
     bool is_urgent =
@@ -1431,7 +1577,7 @@ static json_t *render_clock(dispatch_sla_t *sla, const json_t *ticket, const jso
     clock_calc_t cc;
     size_t i;
 
-    if (clock_compute(sla, calendars, tm, is_urgent, clock, at_us, &cc) < 0)
+    if (clock_compute(sla, view, tm, is_urgent, clock, at_us, &cc) < 0)
         return NULL;
     json_array_foreach(deadlines, i, d)
     {
@@ -1446,7 +1592,9 @@ static json_t *render_clock(dispatch_sla_t *sla, const json_t *ticket, const jso
     return json_pack(
         "{s:O?, s:{s:O?, s:O?}, s:O?, s:O?, s:O?, s:s, s:b, s:O?, s:O?, s:I, s:I, s:o, s:o, s:O?}",
         "target", json_object_get(clock, "target"), "policy", "id", json_object_get(pol, "id"),
-        "name", json_object_get(pol, "name"), "target_seconds", json_object_get(pol, "target_s"),
+        "name", json_object_get(pol, "name"), "target_seconds",
+        json_object_get(json_object_get(pol, "targets"),
+                        str_or_empty(json_string_value(json_object_get(clock, "target")))),
         "business_time", json_object_get(pol, "business_time"), "calendar",
         json_object_get(pol, "calendar"), "state", str_or_empty(state), "breached",
         !json_is_null(json_object_get(clock, "breached_at")), "met_at",
@@ -1497,7 +1645,7 @@ static void on_view(void *arg, int err, const json_t *result)
     json_array_foreach(json_object_get(ticket, "clocks"), i, clock)
     {
         json_t *c =
-            render_clock(sla, ticket, json_object_get(body, "calendars"), &tm, clock, at_us);
+            render_clock(sla, ticket, body, &tm, clock, at_us);
         if (!c || json_array_append_new(clocks, c) < 0)
             goto fail;
     }

@@ -67,16 +67,15 @@ static const char SQL_ASSIGN_QUEUE_LIST[] =
 
 static const char SQL_SLA_START[] = "SELECT dispatch.sla_start()";
 
-/* Keyset over the partial index sla_deadlines_armed; the first page passes NULL. */
+/* Keyset over the partial indexes sla_clocks_armed and sla_deadlines_armed (the view is
+ * their UNION ALL: a merge of two index scans); the first page passes NULL. */
 static const char SQL_SLA_ARMED[] =
-    "SELECT d.id, d.due_at, d.version FROM dispatch.sla_deadlines d "
-    "WHERE d.state = 'pending' AND d.due_at IS NOT NULL "
-    "AND (d.due_at, d.id) > (CASE WHEN $1::bigint IS NULL THEN '-infinity'::timestamptz "
+    "SELECT d.id, d.due_at, d.version FROM dispatch.sla_armed d "
+    "WHERE (d.due_at, d.id) > (CASE WHEN $1::bigint IS NULL THEN '-infinity'::timestamptz "
     "ELSE 'epoch'::timestamptz + $1::bigint * interval '1 microsecond' END, $2::bigint) "
     "ORDER BY d.due_at, d.id LIMIT $3::int";
 
-static const char SQL_SLA_ARMED_COUNT[] = "SELECT to_json(count(*)) FROM dispatch.sla_deadlines "
-                                          "WHERE state = 'pending' AND due_at IS NOT NULL";
+static const char SQL_SLA_ARMED_COUNT[] = "SELECT to_json(count(*)) FROM dispatch.sla_armed";
 
 static const char SQL_SLA_CHANGES[] = "SELECT dispatch.sla_changes_take($1::int)";
 static const char SQL_SLA_DIRTY[] = "SELECT dispatch.sla_dirty($1::int)";
@@ -226,28 +225,6 @@ const ac_db_stmt_t dispatch_stmts[DISPATCH_STMT__COUNT] = {
     [DISPATCH_STMT_CASE_LIST] = {SQL_CASE_LIST, 5},
 };
 
-static const PGresult *result_rows(const ac_db_txn_t *t, int i)
-{
-    const PGresult *res = ac_db_txn_result(t, i);
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
-        return NULL;
-    return res;
-}
-
-/* JSON cell (row, col); NULL for SQL NULL or unparsable text (logged). */
-static json_t *json_cell(const PGresult *res, int row, int col)
-{
-    json_error_t jerr;
-    json_t *v;
-    if (PQgetisnull(res, row, col))
-        return NULL;
-    v = json_loadb(PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col), JSON_DECODE_ANY,
-                   &jerr);
-    if (!v)
-        ac_error("store: unparsable JSON from the database: %s", jerr.text);
-    return v;
-}
-
 int dispatch_store_add_outbox(ac_db_txn_t *t, const char *event_id, const char *topic,
                               const uint8_t *envelope, size_t len)
 {
@@ -297,51 +274,7 @@ int dispatch_store_add_engineer_list(ac_db_txn_t *t, const dispatch_engineer_fil
 
 int dispatch_store_doc_result(const ac_db_txn_t *t, int i, json_t **doc_out)
 {
-    const PGresult *res = result_rows(t, i);
-    *doc_out = NULL;
-    if (!res)
-        return AC_ERR_PROTO;
-    if (PQntuples(res) == 0 || PQgetisnull(res, 0, 0))
-        return AC_ERR_NOTFOUND;
-    *doc_out = json_cell(res, 0, 0);
-    return *doc_out ? 0 : AC_ERR_PROTO;
-}
-
-int dispatch_store_page_result(const ac_db_txn_t *t, int i, long limit, json_t **body_out)
-{
-    const PGresult *res = result_rows(t, i);
-    json_t *items, *body;
-    int n;
-
-    *body_out = NULL;
-    if (!res || PQnfields(res) != 2)
-        return AC_ERR_PROTO;
-    n = PQntuples(res);
-    items = json_array();
-    body = json_object();
-    if (!items || !body)
-        goto nomem;
-    for (int row = 0; row < n && row < limit; row++) {
-        json_t *doc = json_cell(res, row, 1);
-        if (!doc || json_array_append_new(items, doc) < 0)
-            goto nomem;
-    }
-    if (json_object_set_new(body, "items", items) < 0) {
-        items = NULL;
-        goto nomem;
-    }
-    items = NULL;
-    /* A further row exists: the next page starts after the last item shown. */
-    if (json_object_set_new(body, "next_cursor",
-                            n > limit ? json_string(PQgetvalue(res, (int)limit - 1, 0))
-                                      : json_null()) < 0)
-        goto nomem;
-    *body_out = body;
-    return 0;
-nomem:
-    json_decref(items);
-    json_decref(body);
-    return AC_ERR_NOMEM;
+    return ac_db_doc_result(t, i, doc_out);
 }
 
 /* -- sla.c -- */
@@ -385,7 +318,7 @@ int dispatch_store_add_sla_armed_count(ac_db_txn_t *t)
 int dispatch_store_sla_armed_result(const ac_db_txn_t *t, int i, dispatch_deadline_t *out,
                                     size_t max, size_t *n_out)
 {
-    const PGresult *res = result_rows(t, i);
+    const PGresult *res = ac_db_txn_rows(t, i);
     *n_out = 0;
     if (!res || PQnfields(res) != 3 || PQfformat(res, 0) != 1)
         return AC_ERR_PROTO;

@@ -120,11 +120,8 @@ int dispatch_store_add_engineer_get(ac_db_txn_t *t, const char *id) AC_WUR;
 int dispatch_store_add_engineer_lock(ac_db_txn_t *t, const char *id) AC_WUR;
 int dispatch_store_add_engineer_list(ac_db_txn_t *t, const dispatch_engineer_filter_t *f) AC_WUR;
 
-/* First column of the first row as JSON; AC_ERR_NOTFOUND when no row or SQL NULL. */
+/* ac_db_doc_result() (ac_db.h) under its old name, for sla.c. */
 int dispatch_store_doc_result(const ac_db_txn_t *t, int i, json_t **doc_out) AC_WUR;
-/* Rows (seq, doc) of a list statement that fetched limit + 1 rows:
- * {"items": [first `limit` docs], "next_cursor": "<seq of the last item>" | null}. */
-int dispatch_store_page_result(const ac_db_txn_t *t, int i, long limit, json_t **body_out) AC_WUR;
 
 /* -- sla.c -- */
 struct dispatch_deadline; /* deadlines.h */

@@ -24,6 +24,7 @@
 #include "dispatch.h"
 #include "ops.h"
 #include "store.h"
+#include "validate.h"
 
 #define NOTE_MAX_CHARS    2000
 #define TEXT_MAX_CHARS    4000 /* diagnosis, actions */
@@ -70,15 +71,6 @@ static void reply_verr(ac_http_req_t *req, const work_verr_t *err)
                         err->message);
 }
 
-static size_t utf8_len(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++)
-        if (((unsigned char)*s & 0xC0) != 0x80)
-            n++;
-    return n;
-}
-
 /* Unknown keys of obj are refused; prefix names the object ("report."). */
 static int check_known(const json_t *obj, const char *const *names, const char *prefix,
                        work_verr_t *err)
@@ -112,7 +104,7 @@ static int get_string(const json_t *obj, const char *key, const char *path, int 
     }
     if (!json_is_string(v))
         return verr(err, 422, "invalid_field", path, "%s must be a string", path);
-    size_t n = utf8_len(json_string_value(v));
+    size_t n = dispatch_utf8_len(json_string_value(v));
     if (n < min || n > max)
         return verr(err, 422, "invalid_field", path, "%s must be %zu to %zu characters", path, min,
                     max);
@@ -226,7 +218,7 @@ static int check_report(const json_t *r, json_t **out, work_verr_t *err)
             char path[64];
             const char *s = json_string_value(a);
             snprintf(path, sizeof path, "report.attachments[%zu]", i);
-            if (!s || utf8_len(s) < 1 || utf8_len(s) > ATTACHMENT_MAX) {
+            if (!s || dispatch_utf8_len(s) < 1 || dispatch_utf8_len(s) > ATTACHMENT_MAX) {
                 set_verr(err, 422, "invalid_field", path,
                          "%s must be a reference (URL or id) of 1 to %d characters", path,
                          ATTACHMENT_MAX);

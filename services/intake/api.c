@@ -3,7 +3,9 @@
  * through the group commit (batch.c). A ticket change (PATCH, transition) is one
  * transaction of two round trips: lock the row and read it; then update, history,
  * outbox event and COMMIT together. */
+#include <assert.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,68 +17,7 @@
 #include "intake.h"
 #include "store.h"
 
-#define US_PER_DAY  (INT64_C(86400) * 1000000)
-#define MAX_KEY_LEN 200 /* longest path parameter looked up (ids, numbers, models) */
-
-/* --- requests waiting on the database ------------------------------------------------ */
-
-void intake_op_attach(intake_t *self, intake_op_t *op, ac_http_req_t *req)
-{
-    op->req = req;
-    op->prev = &self->ops;
-    op->next = self->ops.next;
-    self->ops.next->prev = op;
-    self->ops.next = op;
-    self->nops++;
-}
-
-void intake_op_detach(intake_t *self, intake_op_t *op)
-{
-    if (!op->next)
-        return;
-    op->prev->next = op->next;
-    op->next->prev = op->prev;
-    op->next = op->prev = NULL;
-    self->nops--;
-    if (self->is_stopping && !self->is_closed && self->nops == 0)
-        ev_break(self->loop, EVBREAK_ALL); /* graceful stop: the last request is answered */
-}
-
-void intake_ops_abort(intake_t *self)
-{
-    while (self->ops.next != &self->ops) {
-        intake_op_t *op = self->ops.next;
-        if (op->req)
-            ac_http_reply_error(op->req, 503, "unavailable", NULL, "the server is shutting down");
-        op->req = NULL;
-        intake_op_detach(self, op);
-    }
-}
-
-void intake_reply_db_error(ac_http_req_t *req, int err, const ac_db_txn_t *txn)
-{
-    const char *state = txn ? ac_db_txn_sqlstate(txn) : "";
-    /* Retryable: serialization failure / deadlock (40), resources (53), operator
-     * intervention (57), connection (08). */
-    int is_retryable = strncmp(state, "40", 2) == 0 || strncmp(state, "53", 2) == 0 ||
-                       strncmp(state, "57", 2) == 0 || strncmp(state, "08", 2) == 0;
-    if (err == AC_ERR_DB && !is_retryable) {
-        ac_error("%s %s: database error (SQLSTATE %s): %s", ac_http_req_method(req),
-                 ac_http_req_path(req), state, txn ? ac_db_txn_errmsg(txn) : "");
-        ac_http_reply_error(req, 500, "internal", NULL, "internal error (SQLSTATE %s)", state);
-        return;
-    }
-    ac_http_reply_error(req, 503, "unavailable", NULL,
-                        "the database is unavailable; nothing was changed, retry");
-}
-
-void intake_reply_commit_unknown(ac_http_req_t *req)
-{
-    ac_http_reply_error(req, 503, "unavailable", NULL,
-                        "the database connection was lost during COMMIT: the change may or may "
-                        "not have been made; check before retrying (a create is safe to retry "
-                        "with the same Idempotency-Key)");
-}
+#define US_PER_DAY (INT64_C(86400) * 1000000)
 
 static void reply_verr(ac_http_req_t *req, const intake_verr_t *err)
 {
@@ -84,167 +25,57 @@ static void reply_verr(ac_http_req_t *req, const intake_verr_t *err)
                         err->message);
 }
 
-static void reply_nomem(ac_http_req_t *req)
-{
-    ac_http_reply_error(req, 503, "unavailable", NULL, "out of memory; retry");
-}
-
 static const char *req_query(void *arg, const char *name)
 {
     return ac_http_req_query(arg, name);
 }
 
-/* Common prologue: a stopping service takes nothing new. */
-static int is_refused(intake_t *self, ac_http_req_t *req)
-{
-    if (!self->is_stopping)
-        return 0;
-    ac_http_reply_error(req, 503, "unavailable", NULL, "the server is shutting down");
-    return 1;
-}
+/* --- one database call per request (ac_call_t) ---------------------------------------- */
 
-/* --- one database call per request --------------------------------------------------- */
-
-typedef struct api_call api_call_t;
-/* Runs after a successful round trip while the request is attached. Returns 1 when it
- * has started another round trip (the call lives on, even if that failed and freed it),
- * 0 when it has answered. */
-typedef int (*api_step_fn)(api_call_t *c, ac_http_req_t *req);
-
-struct api_call {
-    intake_op_t op; /* first */
-    intake_t *self;
-    ac_db_txn_t *txn; /* owned */
-    api_step_fn step;
-    const char *what;          /* "customer", "product", "ticket": for 404 messages */
-    char key[MAX_KEY_LEN + 1]; /* the id/number asked for */
-    char message[256];         /* prepared error text (product conflict) */
-    long limit;                /* list calls: page size */
-    int is_write;              /* a transaction: its COMMIT may be in doubt when cut off */
-    int is_committing;         /* the round trip in flight carries the COMMIT */
+typedef struct api_call {
+    ac_call_t call;    /* first */
+    char message[256]; /* prepared error text (product conflict) */
     /* ticket changes */
     intake_patch_in_t patch;
     intake_transition_in_t transition;
     char *reason; /* owned copy of transition.reason */
     json_t *doc;  /* owned: the ticket after the change */
-};
+} api_call_t;
 
-static void call_free(api_call_t *c)
+static void call_clear(ac_call_t *call)
 {
-    intake_op_detach(c->self, &c->op);
-    ac_db_txn_free(&c->txn);
+    api_call_t *c = ac_container_of(call, api_call_t, call);
     intake_patch_in_clear(&c->patch);
     json_decref(c->doc);
     free(c->reason);
-    free(c);
 }
 
 /* NULL (answered) when out of memory or the pool is gone. */
 static api_call_t *call_new(intake_t *self, ac_http_req_t *req, int is_transaction,
                             const char *what, const char *key)
 {
-    api_call_t *c = calloc(1, sizeof *c);
-    if (!c) {
-        reply_nomem(req);
-        return NULL;
-    }
-    c->self = self;
-    c->what = what;
-    c->is_write = is_transaction;
-    snprintf(c->key, sizeof c->key, "%s", key ? key : "");
-    c->txn = ac_db_txn_new(self->db, is_transaction);
-    if (!c->txn) {
-        free(c);
-        intake_reply_db_error(req, AC_ERR_UNAVAILABLE, NULL);
-        return NULL;
-    }
-    intake_op_attach(self, &c->op, req);
-    return c;
-}
-
-static void on_call_done(ac_db_txn_t *txn, int err, void *arg)
-{
-    api_call_t *c = arg;
-    ac_http_req_t *req = c->op.req;
-    if (!req) {
-        call_free(c);
-        return;
-    }
-    if (err < 0) {
-        if (err == AC_ERR_UNAVAILABLE && c->is_write && c->is_committing)
-            intake_reply_commit_unknown(req);
-        else
-            intake_reply_db_error(req, err, txn);
-        call_free(c);
-        return;
-    }
-    if (c->step(c, req) == 0)
-        call_free(c);
-}
-
-/* Sends the queued statements (add_rc: the result of queueing them). The last round trip
- * commits; an earlier one flushes. On failure the request is answered and c freed. */
-static void call_send(api_call_t *c, int add_rc, int is_last, api_step_fn step)
-{
-    int rc = add_rc;
-    c->step = step;
-    c->is_committing = is_last;
-    if (rc == 0)
-        rc = is_last ? ac_db_txn_commit(c->txn, on_call_done, c)
-                     : ac_db_txn_flush(c->txn, on_call_done, c);
-    if (rc < 0) {
-        if (c->op.req)
-            intake_reply_db_error(c->op.req, rc == AC_ERR_DB ? rc : AC_ERR_UNAVAILABLE, NULL);
-        call_free(c);
-    }
+    static_assert(offsetof(api_call_t, call) == 0, "ac_call_new() allocates an api_call_t");
+    ac_call_t *call =
+        ac_call_new(&self->base, req, sizeof(api_call_t), is_transaction, what, key, call_clear);
+    return call ? ac_container_of(call, api_call_t, call) : NULL;
 }
 
 /* Steps shared by several routes. */
-static int step_not_found(api_call_t *c, ac_http_req_t *req)
-{
-    ac_http_reply_error(req, 404, "not_found", NULL, "no %s %s", c->what, c->key);
-    return 0;
-}
-
-static int step_internal(ac_http_req_t *req, int rc)
-{
-    if (rc == AC_ERR_NOMEM)
-        reply_nomem(req);
-    else
-        ac_http_reply_error(req, 500, "internal", NULL, "unexpected answer from the database");
-    return 0;
-}
-
-static int reply_doc(api_call_t *c, ac_http_req_t *req, int status)
+static int reply_doc(ac_call_t *call, ac_http_req_t *req, int status)
 {
     json_t *doc;
-    int rc = intake_store_doc_result(c->txn, 0, &doc);
-    if (rc == AC_ERR_NOTFOUND)
-        return step_not_found(c, req);
-    if (rc < 0)
-        return step_internal(req, rc);
-    ac_http_reply_json(req, status, doc);
-    return 0;
+    int rc = ac_db_doc_result(call->txn, 0, &doc);
+    return ac_call_reply_doc(call, req, status, rc, doc);
 }
 
-static int step_doc_200(api_call_t *c, ac_http_req_t *req)
+static int step_doc_200(ac_call_t *call, ac_http_req_t *req)
 {
-    return reply_doc(c, req, 200);
+    return reply_doc(call, req, 200);
 }
 
-static int step_doc_201(api_call_t *c, ac_http_req_t *req)
+static int step_doc_201(ac_call_t *call, ac_http_req_t *req)
 {
-    return reply_doc(c, req, 201);
-}
-
-static int step_page(api_call_t *c, ac_http_req_t *req)
-{
-    json_t *body;
-    int rc = intake_store_page_result(c->txn, 0, c->limit, &body);
-    if (rc < 0)
-        return step_internal(req, rc);
-    ac_http_reply_json(req, 200, body);
-    return 0;
+    return reply_doc(call, req, 201);
 }
 
 /* --- customers ----------------------------------------------------------------------- */
@@ -256,14 +87,14 @@ static void on_customer_create(ac_http_req_t *req, void *arg)
     intake_verr_t err;
     api_call_t *c;
 
-    if (is_refused(self, req))
+    if (ac_service_is_refused(&self->base, req))
         return;
     if (intake_validate_customer(ac_http_req_json(req), &in, &err) < 0) {
         reply_verr(req, &err);
         return;
     }
     if ((c = call_new(self, req, 1, "customer", NULL)))
-        call_send(c, intake_store_add_customer_insert(c->txn, &in), 1, step_doc_201);
+        ac_call_send(&c->call, intake_store_add_customer_insert(c->call.txn, &in), 1, step_doc_201);
     intake_customer_in_clear(&in);
 }
 
@@ -274,15 +105,15 @@ static void serve_get_by_id(ac_http_req_t *req, intake_t *self, const char *kind
     const char *id = ac_http_req_param(req, 0);
     api_call_t *c;
 
-    if (is_refused(self, req))
+    if (ac_service_is_refused(&self->base, req))
         return;
     if (!id || !ac_uuid_is_valid(id)) {
-        ac_http_reply_error(req, 404, "not_found", NULL, "no %s %.*s", kind, MAX_KEY_LEN,
+        ac_http_reply_error(req, 404, "not_found", NULL, "no %s %.*s", kind, AC_CALL_KEY_MAX,
                             id ? id : "");
         return;
     }
     if ((c = call_new(self, req, 0, kind, id)))
-        call_send(c, add(c->txn, id), 1, step_doc_200);
+        ac_call_send(&c->call, add(c->call.txn, id), 1, step_doc_200);
 }
 
 /* GET /v1/<kind>s: filters validated by `validate`, one page by `add`. */
@@ -295,15 +126,15 @@ static void serve_list(ac_http_req_t *req, intake_t *self, const char *kind,
     intake_verr_t err;
     api_call_t *c;
 
-    if (is_refused(self, req))
+    if (ac_service_is_refused(&self->base, req))
         return;
     if (validate(req_query, req, &f, &err) < 0) {
         reply_verr(req, &err);
         return;
     }
     if ((c = call_new(self, req, 0, kind, NULL))) {
-        c->limit = f.page.limit;
-        call_send(c, add(c->txn, &f), 1, step_page);
+        c->call.limit = f.page.limit;
+        ac_call_send(&c->call, add(c->call.txn, &f), 1, ac_call_step_page);
     }
 }
 
@@ -320,15 +151,17 @@ static void on_customer_list(ac_http_req_t *req, void *arg)
 
 /* --- products ------------------------------------------------------------------------ */
 
-static int step_product_created(api_call_t *c, ac_http_req_t *req)
+static int step_product_created(ac_call_t *call, ac_http_req_t *req)
 {
+    api_call_t *c = ac_container_of(call, api_call_t, call);
     int is_customer_found;
     json_t *doc;
-    int rc = intake_store_product_insert_result(c->txn, 0, &is_customer_found, &doc);
+    int rc = intake_store_product_insert_result(c->call.txn, 0, &is_customer_found, &doc);
     if (rc < 0)
-        return step_internal(req, rc);
+        return ac_service_reply_unexpected(req, rc);
     if (!is_customer_found) {
-        ac_http_reply_error(req, 422, "unknown_reference", "customer_id", "no customer %s", c->key);
+        ac_http_reply_error(req, 422, "unknown_reference", "customer_id", "no customer %s",
+                            c->call.key);
         return 0;
     }
     if (!doc) {
@@ -347,7 +180,7 @@ static void on_product_create(ac_http_req_t *req, void *arg)
     api_call_t *c;
     int64_t now_us = ac_time_now_us();
 
-    if (is_refused(self, req))
+    if (ac_service_is_refused(&self->base, req))
         return;
     if (intake_validate_product(ac_http_req_json(req), (int32_t)(now_us / US_PER_DAY), &in, &err) <
         0) {
@@ -358,7 +191,8 @@ static void on_product_create(ac_http_req_t *req, void *arg)
         snprintf(c->message, sizeof c->message,
                  "serial number %.100s is already registered for model %.100s", in.serial_number,
                  in.model);
-        call_send(c, intake_store_add_product_insert(c->txn, &in), 1, step_product_created);
+        ac_call_send(&c->call, intake_store_add_product_insert(c->call.txn, &in), 1,
+                     step_product_created);
     }
 }
 
@@ -382,22 +216,22 @@ static void on_policy_put(ac_http_req_t *req, void *arg)
     intake_verr_t err;
     api_call_t *c;
 
-    if (is_refused(self, req))
+    if (ac_service_is_refused(&self->base, req))
         return;
     if (intake_validate_policy(model ? model : "", ac_http_req_json(req), &in, &err) < 0) {
         reply_verr(req, &err);
         return;
     }
     if ((c = call_new(self, req, 1, "warranty policy", model)))
-        call_send(c, intake_store_add_policy_put(c->txn, &in), 1, step_doc_200);
+        ac_call_send(&c->call, intake_store_add_policy_put(c->call.txn, &in), 1, step_doc_200);
 }
 
-static int step_policy_list(api_call_t *c, ac_http_req_t *req)
+static int step_policy_list(ac_call_t *call, ac_http_req_t *req)
 {
     json_t *items;
-    int rc = intake_store_doc_result(c->txn, 0, &items);
+    int rc = ac_db_doc_result(call->txn, 0, &items);
     if (rc < 0)
-        return step_internal(req, rc);
+        return ac_service_reply_unexpected(req, rc);
     ac_http_reply_json(req, 200, json_pack("{s:o}", "items", items));
     return 0;
 }
@@ -407,10 +241,10 @@ static void on_policy_list(ac_http_req_t *req, void *arg)
     intake_t *self = arg;
     api_call_t *c;
 
-    if (is_refused(self, req))
+    if (ac_service_is_refused(&self->base, req))
         return;
     if ((c = call_new(self, req, 0, "warranty policy", NULL)))
-        call_send(c, intake_store_add_policy_list(c->txn), 1, step_policy_list);
+        ac_call_send(&c->call, intake_store_add_policy_list(c->call.txn), 1, step_policy_list);
 }
 
 /* --- tickets: create, read ----------------------------------------------------------- */
@@ -424,7 +258,7 @@ static void on_ticket_create(ac_http_req_t *req, void *arg)
     intake_ticket_in_t in;
     intake_verr_t err;
 
-    if (is_refused(self, req))
+    if (ac_service_is_refused(&self->base, req))
         return;
     if (idem_key && !intake_idem_key_is_valid(idem_key)) {
         ac_http_reply_error(req, 400, "invalid_header", "Idempotency-Key",
@@ -440,27 +274,22 @@ static void on_ticket_create(ac_http_req_t *req, void *arg)
         char *canonical = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);
         if (!canonical) {
             intake_ticket_in_clear(&in);
-            reply_nomem(req);
+            ac_service_reply_nomem(req);
             return;
         }
         ac_token_hash(canonical, hash);
         free(canonical);
     }
     if (intake_create_submit(self, req, &in, idem_key, idem_key ? hash : NULL) < 0)
-        reply_nomem(req);
+        ac_service_reply_nomem(req);
     intake_ticket_in_clear(&in);
 }
 
-static int step_ticket_get(api_call_t *c, ac_http_req_t *req)
+static int step_ticket_get(ac_call_t *call, ac_http_req_t *req)
 {
     json_t *doc;
-    int rc = intake_store_ticket_get_result(c->txn, 0, &doc);
-    if (rc == AC_ERR_NOTFOUND)
-        return step_not_found(c, req);
-    if (rc < 0)
-        return step_internal(req, rc);
-    ac_http_reply_json(req, 200, doc);
-    return 0;
+    int rc = intake_store_ticket_get_result(call->txn, 0, &doc);
+    return ac_call_reply_doc(call, req, 200, rc, doc);
 }
 
 /* A ticket number from the path; NULL (answered 404) when it cannot name a ticket. */
@@ -480,10 +309,11 @@ static void on_ticket_get(ac_http_req_t *req, void *arg)
     const char *number;
     api_call_t *c;
 
-    if (is_refused(self, req) || !(number = ticket_number(req)))
+    if (ac_service_is_refused(&self->base, req) || !(number = ticket_number(req)))
         return;
     if ((c = call_new(self, req, 0, "ticket", number)))
-        call_send(c, intake_store_add_ticket_get(c->txn, number), 1, step_ticket_get);
+        ac_call_send(&c->call, intake_store_add_ticket_get(c->call.txn, number), 1,
+                     step_ticket_get);
 }
 
 static void on_ticket_list(ac_http_req_t *req, void *arg)
@@ -493,15 +323,15 @@ static void on_ticket_list(ac_http_req_t *req, void *arg)
     intake_verr_t err;
     api_call_t *c;
 
-    if (is_refused(self, req))
+    if (ac_service_is_refused(&self->base, req))
         return;
     if (intake_validate_ticket_filter(req_query, req, &f, &err) < 0) {
         reply_verr(req, &err);
         return;
     }
     if ((c = call_new(self, req, 0, "ticket", NULL))) {
-        c->limit = f.page.limit;
-        call_send(c, intake_store_add_ticket_list(c->txn, &f), 1, step_page);
+        c->call.limit = f.page.limit;
+        ac_call_send(&c->call, intake_store_add_ticket_list(c->call.txn, &f), 1, ac_call_step_page);
     }
 }
 
@@ -516,20 +346,20 @@ static int doc_enum(const json_t *doc, const char *key, const char *const *names
  * answered (404 / 409 / 500). */
 static int locked_ticket(api_call_t *c, ac_http_req_t *req, int64_t expected_version, char now[32])
 {
-    int rc = intake_store_ticket_lock_result(c->txn, 0, &c->doc, now);
+    int rc = intake_store_ticket_lock_result(c->call.txn, 0, &c->doc, now);
     if (rc == AC_ERR_NOTFOUND) {
-        step_not_found(c, req);
+        ac_call_reply_not_found(&c->call, req);
         return -1;
     }
     if (rc < 0) {
-        step_internal(req, rc);
+        ac_service_reply_unexpected(req, rc);
         return -1;
     }
     json_int_t version = json_integer_value(json_object_get(c->doc, "version"));
     if (expected_version && expected_version != (int64_t)version) {
         ac_http_reply_error(req, 409, "version_conflict", "expected_version",
                             "ticket %s is at version %" JSON_INTEGER_FORMAT ", not %" PRId64,
-                            c->key, version, expected_version);
+                            c->call.key, version, expected_version);
         return -1;
     }
     return 0;
@@ -545,7 +375,7 @@ static int doc_bump(json_t *doc, const char *now)
     return 0;
 }
 
-/* Queues the ticket's event on c->txn. */
+/* Queues the ticket's event on c->call.txn. */
 static int add_event(api_call_t *c, ac_http_req_t *req, const intake_event_t *ev_in)
 {
     intake_event_t ev = *ev_in;
@@ -559,7 +389,7 @@ static int add_event(api_call_t *c, ac_http_req_t *req, const intake_event_t *ev
     ev.actor = ac_role_name(ac_http_req_role(req));
     if ((rc = intake_event_pack(&ev, event_id, &buf, &len)) < 0)
         return rc;
-    rc = intake_store_add_outbox(c->txn, event_id, intake_event_topic(ev.kind), buf, len);
+    rc = intake_store_add_outbox(c->call.txn, event_id, intake_event_topic(ev.kind), buf, len);
     free(buf);
     if (rc == 0)
         ac_log_at(AC_LOG_DEBUG, json_string_value(json_object_get(c->doc, "number")), event_id,
@@ -567,8 +397,9 @@ static int add_event(api_call_t *c, ac_http_req_t *req, const intake_event_t *ev
     return rc;
 }
 
-static int step_reply_ticket(api_call_t *c, ac_http_req_t *req)
+static int step_reply_ticket(ac_call_t *call, ac_http_req_t *req)
 {
+    api_call_t *c = ac_container_of(call, api_call_t, call);
     ac_http_reply_json(req, 200, c->doc);
     c->doc = NULL;
     return 0;
@@ -584,9 +415,10 @@ static int set_changed_str(json_t *doc, const char *key, const char *value, cons
     return json_object_set_new(doc, key, json_string(value));
 }
 
-static int step_patch_locked(api_call_t *c, ac_http_req_t *req)
+static int step_patch_locked(ac_call_t *call, ac_http_req_t *req)
 {
-    intake_t *self = c->self;
+    api_call_t *c = ac_container_of(call, api_call_t, call);
+    intake_t *self = ac_container_of(call->svc, intake_t, base);
     const intake_patch_in_t *p = &c->patch;
     json_t *doc;
     const char *changed[8];
@@ -600,7 +432,7 @@ static int step_patch_locked(api_call_t *c, ac_http_req_t *req)
     int status = doc_enum(doc, "status", intake_status_names, AC_ARRAY_LEN(intake_status_names));
     if (status == INTAKE_ST_CLOSED || status == INTAKE_ST_CANCELLED) {
         ac_http_reply_error(req, 409, "conflict", NULL, "ticket %s is %s and cannot be edited",
-                            c->key, intake_status_names[status]);
+                            c->call.key, intake_status_names[status]);
         return 0;
     }
 
@@ -611,7 +443,7 @@ static int step_patch_locked(api_call_t *c, ac_http_req_t *req)
             !json_is_object(json_object_get(doc, "product"))) {
             ac_http_reply_error(req, 422, "invalid_field", "category",
                                 "category %s needs a product, and ticket %s has none",
-                                intake_category_names[p->category], c->key);
+                                intake_category_names[p->category], c->call.key);
             return 0;
         }
         rc |= set_changed_str(doc, "category", intake_category_names[p->category], changed,
@@ -633,7 +465,7 @@ static int step_patch_locked(api_call_t *c, ac_http_req_t *req)
         }
         if (!contact || json_object_update(contact, p->contact) < 0) {
             json_decref(contact);
-            reply_nomem(req);
+            ac_service_reply_nomem(req);
             return 0;
         }
         if (json_equal(contact, json_object_get(doc, "contact"))) {
@@ -644,11 +476,11 @@ static int step_patch_locked(api_call_t *c, ac_http_req_t *req)
         }
     }
     if (rc < 0) {
-        reply_nomem(req);
+        ac_service_reply_nomem(req);
         return 0;
     }
     if (nchanged == 0) { /* nothing to do: no version bump, no event (rolled back on free) */
-        return step_reply_ticket(c, req);
+        return step_reply_ticket(&c->call, req);
     }
 
     const json_t *customer = json_object_get(doc, "customer");
@@ -660,7 +492,7 @@ static int step_patch_locked(api_call_t *c, ac_http_req_t *req)
         is_vip, json_is_true(json_object_get(doc, "expedite")));
     if (set_changed_str(doc, "priority", intake_priority_names[priority], changed, &nchanged) < 0 ||
         doc_bump(doc, now) < 0) {
-        reply_nomem(req);
+        ac_service_reply_nomem(req);
         return 0;
     }
 
@@ -669,12 +501,12 @@ static int step_patch_locked(api_call_t *c, ac_http_req_t *req)
         .changed_fields = changed,
         .n_changed_fields = nchanged,
     };
-    rc = intake_store_add_ticket_update(c->txn, doc);
+    rc = intake_store_add_ticket_update(c->call.txn, doc);
     if (rc == 0)
         rc = add_event(c, req, &ev);
     if (rc == 0)
         ac_metrics_add(self->metrics, "tickets_updated_total", NULL, 1);
-    call_send(c, rc, 1, step_reply_ticket);
+    ac_call_send(&c->call, rc, 1, step_reply_ticket);
     return 1;
 }
 
@@ -686,7 +518,7 @@ static void on_ticket_patch(ac_http_req_t *req, void *arg)
     intake_verr_t err;
     api_call_t *c;
 
-    if (is_refused(self, req) || !(number = ticket_number(req)))
+    if (ac_service_is_refused(&self->base, req) || !(number = ticket_number(req)))
         return;
     if (intake_validate_patch(ac_http_req_json(req), &in, &err) < 0) {
         reply_verr(req, &err);
@@ -697,12 +529,13 @@ static void on_ticket_patch(ac_http_req_t *req, void *arg)
         return;
     }
     c->patch = in; /* takes in.contact */
-    call_send(c, intake_store_add_ticket_lock(c->txn, number), 0, step_patch_locked);
+    ac_call_send(&c->call, intake_store_add_ticket_lock(c->call.txn, number), 0, step_patch_locked);
 }
 
-static int step_transition_locked(api_call_t *c, ac_http_req_t *req)
+static int step_transition_locked(ac_call_t *call, ac_http_req_t *req)
 {
-    intake_t *self = c->self;
+    api_call_t *c = ac_container_of(call, api_call_t, call);
+    intake_t *self = ac_container_of(call->svc, intake_t, base);
     const intake_transition_in_t *tr = &c->transition;
     json_t *doc;
     char now[32];
@@ -714,7 +547,7 @@ static int step_transition_locked(api_call_t *c, ac_http_req_t *req)
     int from = doc_enum(doc, "status", intake_status_names, AC_ARRAY_LEN(intake_status_names));
     if (!intake_transition_allowed(from, tr->to)) {
         ac_http_reply_error(req, 409, "illegal_transition", "to",
-                            "ticket %s cannot move from %s to %s", c->key,
+                            "ticket %s cannot move from %s to %s", c->call.key,
                             from ? intake_status_names[from] : "?", intake_status_names[tr->to]);
         return 0;
     }
@@ -728,7 +561,7 @@ static int step_transition_locked(api_call_t *c, ac_http_req_t *req)
         rc |= json_object_set_new(doc, "closed_at", json_null());
     }
     if (rc < 0 || doc_bump(doc, now) < 0) {
-        reply_nomem(req);
+        ac_service_reply_nomem(req);
         return 0;
     }
 
@@ -739,9 +572,9 @@ static int step_transition_locked(api_call_t *c, ac_http_req_t *req)
         .reason = c->reason,
     };
     const char *actor = ac_role_name(ac_http_req_role(req));
-    rc = intake_store_add_ticket_update(c->txn, doc);
+    rc = intake_store_add_ticket_update(c->call.txn, doc);
     if (rc == 0)
-        rc = intake_store_add_history(c->txn, json_string_value(json_object_get(doc, "id")),
+        rc = intake_store_add_history(c->call.txn, json_string_value(json_object_get(doc, "id")),
                                       intake_status_names[from], intake_status_names[tr->to],
                                       c->reason, actor);
     if (rc == 0)
@@ -751,7 +584,7 @@ static int step_transition_locked(api_call_t *c, ac_http_req_t *req)
         snprintf(labels, sizeof labels, "to=\"%s\"", intake_status_names[tr->to]);
         ac_metrics_add(self->metrics, "ticket_transitions_total", labels, 1);
     }
-    call_send(c, rc, 1, step_reply_ticket);
+    ac_call_send(&c->call, rc, 1, step_reply_ticket);
     return 1;
 }
 
@@ -763,7 +596,7 @@ static void on_ticket_transition(ac_http_req_t *req, void *arg)
     intake_verr_t err;
     api_call_t *c;
 
-    if (is_refused(self, req) || !(number = ticket_number(req)))
+    if (ac_service_is_refused(&self->base, req) || !(number = ticket_number(req)))
         return;
     if (intake_validate_transition(ac_http_req_json(req), &in, &err) < 0) {
         reply_verr(req, &err);
@@ -773,8 +606,9 @@ static void on_ticket_transition(ac_http_req_t *req, void *arg)
         return;
     c->transition = in;
     c->reason = strdup(in.reason);
-    call_send(c, c->reason ? intake_store_add_ticket_lock(c->txn, number) : AC_ERR_NOMEM, 0,
-              step_transition_locked);
+    ac_call_send(&c->call,
+                 c->reason ? intake_store_add_ticket_lock(c->call.txn, number) : AC_ERR_NOMEM, 0,
+                 step_transition_locked);
 }
 
 /* --- routes and metrics -------------------------------------------------------------- */
@@ -805,22 +639,8 @@ const ac_http_route_t intake_routes[] = {
 static void on_metrics_render(ac_metrics_t *m, void *arg)
 {
     intake_t *self = arg;
-    ac_db_stats_t st;
-
     ac_metrics_set(m, "create_queue_depth", NULL, (double)self->queue_len);
-    ac_metrics_set(m, "requests_in_flight", NULL, (double)self->nops);
-    if (!self->db)
-        return;
-    ac_db_stats(self->db, &st);
-    ac_metrics_set(m, "db_connections_ready", NULL, st.ready);
-    ac_metrics_set(m, "db_txns_queued", NULL, st.queued);
-    ac_metrics_add(m, "db_txns_total", NULL, (double)(st.txns - self->db_seen.txns));
-    ac_metrics_add(m, "db_errors_total", NULL, (double)(st.errors - self->db_seen.errors));
-    ac_metrics_add(m, "db_disconnects_total", NULL,
-                   (double)(st.disconnects - self->db_seen.disconnects));
-    ac_metrics_add(m, "db_reconnects_total", NULL,
-                   (double)(st.reconnects - self->db_seen.reconnects));
-    self->db_seen = st;
+    ac_service_on_metrics_render(m, &self->base);
 }
 
 void intake_api_setup(intake_t *self)
@@ -845,18 +665,11 @@ void intake_api_setup(intake_t *self)
         {"requests_in_flight", AC_METRIC_GAUGE, "Requests waiting on the database"},
         {"tickets_updated_total", AC_METRIC_COUNTER, "PATCHes that changed a ticket"},
         {"ticket_transitions_total", AC_METRIC_COUNTER, "Ticket status changes, by new status"},
-        {"db_connections_ready", AC_METRIC_GAUGE, "Database pool connections ready"},
-        {"db_txns_queued", AC_METRIC_GAUGE, "Transactions waiting for a pool connection"},
-        {"db_txns_total", AC_METRIC_COUNTER, "Database transactions finished"},
-        {"db_errors_total", AC_METRIC_COUNTER, "Statements that failed with an SQL error"},
-        {"db_disconnects_total", AC_METRIC_COUNTER, "Pool connections lost"},
-        {"db_reconnects_total", AC_METRIC_COUNTER, "Pool connections (re)established"},
     };
 
-    self->ops.prev = self->ops.next = &self->ops;
-    self->ops.req = NULL;
     for (size_t i = 0; i < AC_ARRAY_LEN(families); i++)
         (void)ac_metrics_declare(self->metrics, families[i].name, families[i].type,
                                  families[i].help);
+    ac_service_declare_db_metrics(self->metrics);
     ac_metrics_on_render(self->metrics, on_metrics_render, self);
 }

@@ -27,7 +27,7 @@
 #include "store.h"
 
 struct intake_create {
-    intake_op_t op; /* first: the waiting HTTP request */
+    ac_op_t op; /* first: the waiting HTTP request */
     intake_t *self;
     intake_create_t *next;         /* in the queue or the retry queue */
     intake_create_args_t args;     /* the SQL parameters, kept for a retry */
@@ -48,7 +48,7 @@ static void kick(intake_t *self);
 
 static void create_free(intake_create_t *c)
 {
-    intake_op_detach(c->self, &c->op);
+    ac_service_op_detach(&c->self->base, &c->op);
     intake_store_create_args_clear(&c->args);
     json_decref(c->result.doc);
     free(c->correlation_id);
@@ -92,7 +92,7 @@ int intake_create_submit(intake_t *self, ac_http_req_t *req, const intake_ticket
         free(c);
         return AC_ERR_NOMEM;
     }
-    intake_op_attach(self, &c->op, req);
+    ac_service_op_attach(&self->base, &c->op, req);
     queue_push(&self->queue_head, &self->queue_tail, c);
     self->queue_len++;
     kick(self);
@@ -183,9 +183,9 @@ static void batch_failed(create_batch_t *b, int err)
         for (size_t i = 0; i < b->n; i++) {
             intake_create_t *c = b->items[i];
             if (c->op.req && err == AC_ERR_UNAVAILABLE && b->is_committing)
-                intake_reply_commit_unknown(c->op.req);
+                ac_service_reply_commit_unknown(&self->base, c->op.req);
             else if (c->op.req)
-                intake_reply_db_error(c->op.req, err, b->txn);
+                ac_service_reply_db_error(c->op.req, err, b->txn);
             create_free(c);
         }
     }

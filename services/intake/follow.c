@@ -254,7 +254,7 @@ static void on_failure_recorded(ac_db_txn_t *txn, int err, void *arg)
 {
     intake_follower_t *f = arg;
     json_t *doc = NULL;
-    if (err == 0 && intake_store_doc_result(txn, 0, &doc) == 0) {
+    if (err == 0 && ac_db_doc_result(txn, 0, &doc) == 0) {
         json_int_t attempts = json_integer_value(json_object_get(doc, "attempts"));
         if (json_is_true(json_object_get(doc, "is_given_up"))) {
             ac_log_at(AC_LOG_ERROR, item_str(f, "ticket_number"), item_str(f, "event_id"),
@@ -374,7 +374,7 @@ static void on_taken(ac_db_txn_t *txn, int err, void *arg)
         retry_later(f);
         return;
     }
-    rc = intake_store_doc_result(txn, 0, &f->taken);
+    rc = ac_db_doc_result(txn, 0, &f->taken);
     if (rc == AC_ERR_NOTFOUND) { /* nothing to do (or another instance is at it) */
         finish(f);
         if (f->is_again) {

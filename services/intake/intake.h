@@ -7,9 +7,9 @@
  * validate.c (pure input rules), store.c (all SQL), events.c (protobuf payloads).
  *
  * Owns (intake_t): the database pool, the token cache, the outbox relay, the consumer of
- * the followed sources and follow.c's applier, the HTTP server, the metrics registry, the
- * signal watchers, and every request waiting on the database (the ops list and the
- * create queues). */
+ * the followed sources and follow.c's applier, the metrics registry, the create queues,
+ * and (in its ac_service_t) the HTTP server, the signal watchers and the list of requests
+ * waiting on the database. */
 #ifndef INTAKE_H
 #define INTAKE_H
 
@@ -25,6 +25,7 @@
 #include "ac_http.h"
 #include "ac_metrics.h"
 #include "ac_outbox.h"
+#include "ac_service.h"
 #include "validate.h"
 
 #define INTAKE_FOLLOW_MAX 16 /* sources intake may follow */
@@ -48,12 +49,6 @@ typedef struct intake_config {
     char *log_format;     /* AC_LOG_FORMAT: text | json */
 } intake_config_t;
 
-/* A request waiting on the database. Embedded first in every async request struct. */
-typedef struct intake_op {
-    struct intake_op *prev, *next; /* in intake_t.ops while attached */
-    ac_http_req_t *req;            /* NULL once answered by intake_ops_abort() */
-} intake_op_t;
-
 typedef struct intake_create intake_create_t; /* batch.c */
 
 typedef struct intake {
@@ -65,20 +60,13 @@ typedef struct intake {
     ac_outbox_t *outbox;              /* owned */
     ac_consumer_t *consumer;          /* owned; NULL when AC_INTAKE_FOLLOW names no source */
     struct intake_follower *follower; /* owned (follow.c): applies the queued changes */
-    ac_http_t *http;                  /* owned */
+    ac_service_t base;                /* HTTP, graceful stop, requests in flight */
     ac_db_config_t db_cfg;            /* must outlive db */
     ac_outbox_config_t outbox_cfg;
     ac_consumer_config_t consumer_cfg;
     char *follow_buf;                          /* owned copy of cfg->follow, split */
     const char *follow[INTAKE_FOLLOW_MAX + 1]; /* NULL-terminated, into follow_buf */
-    ac_http_config_t http_cfg;
-    ev_signal sigint, sigterm; /* graceful stop */
-    ev_timer stop_deadline;    /* gives requests in flight this long after a signal */
-    int is_stopping;           /* a signal came: new requests get 503, the rest finish */
-    int is_closed;             /* the loop has ended: start no database work */
-
-    intake_op_t ops; /* sentinel of the attached requests */
-    size_t nops;
+    int is_closed;                             /* the loop has ended: start no database work */
 
     /* group commit (batch.c) */
     intake_create_t *queue_head, *queue_tail; /* validated creates, in arrival order */
@@ -86,21 +74,12 @@ typedef struct intake {
     intake_create_t *retry_head, *retry_tail; /* creates of a failed batch, run alone */
     int is_batch_in_flight;
     int is_kicking; /* inside batch.c's kick(): no recursion */
-
-    ac_db_stats_t db_seen; /* db counters already exported to metrics */
 } intake_t;
 
 /* api.c */
 extern const ac_http_route_t intake_routes[];
-/* Initialises the ops list and declares the service's metrics. */
+/* Declares the service's metrics. */
 void intake_api_setup(intake_t *self);
-void intake_op_attach(intake_t *self, intake_op_t *op, ac_http_req_t *req);
-void intake_op_detach(intake_t *self, intake_op_t *op); /* safe when already detached */
-void intake_ops_abort(intake_t *self);                  /* 503 to all, detaches them */
-/* 503 unavailable, or 500 internal_error for an unexpected SQL error (logged). */
-void intake_reply_db_error(ac_http_req_t *req, int err, const ac_db_txn_t *txn);
-/* 503 for a write whose COMMIT was sent when the connection broke: outcome unknown. */
-void intake_reply_commit_unknown(ac_http_req_t *req);
 
 /* batch.c */
 /* Queues a validated create; the reply comes after its group commit. Takes nothing from

@@ -156,28 +156,6 @@ const ac_db_stmt_t intake_stmts[INTAKE_STMT__COUNT] = {
 
 /* --- helpers ----------------------------------------------------------------------- */
 
-static const PGresult *result_rows(const ac_db_txn_t *t, int i)
-{
-    const PGresult *res = ac_db_txn_result(t, i);
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
-        return NULL;
-    return res;
-}
-
-/* JSON cell (row, col); NULL for SQL NULL or unparsable text (logged). */
-static json_t *json_cell(const PGresult *res, int row, int col)
-{
-    json_error_t jerr;
-    json_t *v;
-    if (PQgetisnull(res, row, col))
-        return NULL;
-    v = json_loadb(PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col), JSON_DECODE_ANY,
-                   &jerr);
-    if (!v)
-        ac_error("store: unparsable JSON from the database: %s", jerr.text);
-    return v;
-}
-
 static void copy_cell(const PGresult *res, int row, int col, char *out, size_t len)
 {
     snprintf(out, len, "%s", PQgetisnull(res, row, col) ? "" : PQgetvalue(res, row, col));
@@ -325,7 +303,7 @@ static int create_result_row(const PGresult *res, int row, int col0, intake_crea
     copy_cell(res, row, col0 + 2, out->message, sizeof out->message);
     if (strcmp(status, "created") == 0 || strcmp(status, "replayed") == 0) {
         out->outcome = status[0] == 'c' ? INTAKE_CREATE_CREATED : INTAKE_CREATE_REPLAYED;
-        out->doc = json_cell(res, row, col0 + 3);
+        out->doc = ac_db_json_cell(res, row, col0 + 3);
         if (!json_is_object(out->doc)) {
             ac_error("store: ticket creation returned %s without a ticket", status);
             json_decref(out->doc);
@@ -341,7 +319,7 @@ static int create_result_row(const PGresult *res, int row, int col0, intake_crea
 
 int intake_store_create_ticket_result(const ac_db_txn_t *t, int i, intake_create_result_t *out)
 {
-    const PGresult *res = result_rows(t, i);
+    const PGresult *res = ac_db_txn_rows(t, i);
     if (!res || PQntuples(res) != 1 || PQnfields(res) != 4) {
         memset(out, 0, sizeof *out);
         ac_error("store: intake.create_ticket() returned no row");
@@ -353,7 +331,7 @@ int intake_store_create_ticket_result(const ac_db_txn_t *t, int i, intake_create
 int intake_store_create_tickets_result(const ac_db_txn_t *t, size_t n, size_t i,
                                        intake_create_result_t *out)
 {
-    const PGresult *res = result_rows(t, 0);
+    const PGresult *res = ac_db_txn_rows(t, 0);
     if (!res || (size_t)PQntuples(res) != n || PQnfields(res) != 5 ||
         strtoul(PQgetvalue(res, (int)i, 0), NULL, 10) != i + 1) {
         memset(out, 0, sizeof *out);
@@ -382,7 +360,7 @@ int intake_store_add_ticket_get(ac_db_txn_t *t, const char *number)
 
 int intake_store_ticket_get_result(const ac_db_txn_t *t, int i, json_t **doc_out)
 {
-    const PGresult *res = result_rows(t, i);
+    const PGresult *res = ac_db_txn_rows(t, i);
     json_t *doc, *history;
 
     *doc_out = NULL;
@@ -390,8 +368,8 @@ int intake_store_ticket_get_result(const ac_db_txn_t *t, int i, json_t **doc_out
         return AC_ERR_PROTO;
     if (PQntuples(res) == 0)
         return AC_ERR_NOTFOUND;
-    doc = json_cell(res, 0, 0);
-    history = json_cell(res, 0, 1);
+    doc = ac_db_json_cell(res, 0, 0);
+    history = ac_db_json_cell(res, 0, 1);
     if (!json_is_object(doc) || !json_is_array(history) ||
         json_object_set_new(doc, "history", history) < 0) {
         json_decref(doc);
@@ -409,13 +387,13 @@ int intake_store_add_ticket_lock(ac_db_txn_t *t, const char *number)
 
 int intake_store_ticket_lock_result(const ac_db_txn_t *t, int i, json_t **doc_out, char now_out[32])
 {
-    const PGresult *res = result_rows(t, i);
+    const PGresult *res = ac_db_txn_rows(t, i);
     *doc_out = NULL;
     if (!res)
         return AC_ERR_PROTO;
     if (PQntuples(res) == 0)
         return AC_ERR_NOTFOUND;
-    *doc_out = json_cell(res, 0, 0);
+    *doc_out = ac_db_json_cell(res, 0, 0);
     if (!json_is_object(*doc_out)) {
         json_decref(*doc_out);
         *doc_out = NULL;
@@ -526,13 +504,13 @@ int intake_store_add_product_insert(ac_db_txn_t *t, const intake_product_in_t *i
 int intake_store_product_insert_result(const ac_db_txn_t *t, int i, int *is_customer_found,
                                        json_t **doc_out)
 {
-    const PGresult *res = result_rows(t, i);
+    const PGresult *res = ac_db_txn_rows(t, i);
     *doc_out = NULL;
     *is_customer_found = 0;
     if (!res || PQntuples(res) != 1)
         return AC_ERR_PROTO;
     *is_customer_found = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-    *doc_out = json_cell(res, 0, 1);
+    *doc_out = ac_db_json_cell(res, 0, 1);
     return 0;
 }
 
@@ -562,57 +540,6 @@ int intake_store_add_policy_put(ac_db_txn_t *t, const intake_policy_in_t *in)
 int intake_store_add_policy_list(ac_db_txn_t *t)
 {
     return ac_db_txn_add(t, INTAKE_STMT_POLICY_LIST, NULL, NULL, NULL);
-}
-
-/* --- generic readers ----------------------------------------------------------------- */
-
-int intake_store_doc_result(const ac_db_txn_t *t, int i, json_t **doc_out)
-{
-    const PGresult *res = result_rows(t, i);
-    *doc_out = NULL;
-    if (!res)
-        return AC_ERR_PROTO;
-    if (PQntuples(res) == 0 || PQgetisnull(res, 0, 0))
-        return AC_ERR_NOTFOUND;
-    *doc_out = json_cell(res, 0, 0);
-    return *doc_out ? 0 : AC_ERR_PROTO;
-}
-
-int intake_store_page_result(const ac_db_txn_t *t, int i, long limit, json_t **body_out)
-{
-    const PGresult *res = result_rows(t, i);
-    json_t *items, *body;
-    int n;
-
-    *body_out = NULL;
-    if (!res || PQnfields(res) != 2)
-        return AC_ERR_PROTO;
-    n = PQntuples(res);
-    items = json_array();
-    body = json_object();
-    if (!items || !body)
-        goto nomem;
-    for (int row = 0; row < n && row < limit; row++) {
-        json_t *doc = json_cell(res, row, 1);
-        if (!doc || json_array_append_new(items, doc) < 0)
-            goto nomem;
-    }
-    if (json_object_set_new(body, "items", items) < 0) {
-        items = NULL;
-        goto nomem;
-    }
-    items = NULL;
-    /* A further row exists: the next page starts after the last item shown. */
-    if (json_object_set_new(body, "next_cursor",
-                            n > limit ? json_string(PQgetvalue(res, (int)limit - 1, 0))
-                                      : json_null()) < 0)
-        goto nomem;
-    *body_out = body;
-    return 0;
-nomem:
-    json_decref(items);
-    json_decref(body);
-    return AC_ERR_NOMEM;
 }
 
 /* --- many outbox rows ------------------------------------------------------------------ */

@@ -144,20 +144,13 @@ int intake_store_add_follow_enqueue(ac_db_txn_t *t, const char *event_id, const 
                                     const char *only_from, const char *reason,
                                     const char *correlation_id) AC_WUR;
 /* intake.follow_take(): the oldest pending change with its ticket locked; read it with
- * intake_store_doc_result() ({"item", "ticket", "now"}; AC_ERR_NOTFOUND: nothing to do). */
+ * ac_db_doc_result() ({"item", "ticket", "now"}; AC_ERR_NOTFOUND: nothing to do). */
 int intake_store_add_follow_take(ac_db_txn_t *t) AC_WUR;
 /* The change is done (applied or skipped): its row goes. */
 int intake_store_add_follow_done(ac_db_txn_t *t, int64_t id) AC_WUR;
 /* intake.follow_failed(): one more failed try; set aside after max_attempts. Read with
- * intake_store_doc_result() ({"attempts", "is_given_up"}). */
+ * ac_db_doc_result() ({"attempts", "is_given_up"}). */
 int intake_store_add_follow_failed(ac_db_txn_t *t, int64_t id, const char *error,
                                    int max_attempts) AC_WUR;
-
-/* --- generic readers ----------------------------------------------------------------- */
-/* First column of the first row as JSON; AC_ERR_NOTFOUND when no row or SQL NULL. */
-int intake_store_doc_result(const ac_db_txn_t *t, int i, json_t **doc_out) AC_WUR;
-/* Rows (seq, doc) of a list statement that fetched limit + 1 rows:
- * {"items": [first `limit` docs], "next_cursor": "<seq of the last item>" | null}. */
-int intake_store_page_result(const ac_db_txn_t *t, int i, long limit, json_t **body_out) AC_WUR;
 
 #endif

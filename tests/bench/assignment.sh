@@ -31,6 +31,7 @@
 #   BENCH_PRIME      seconds of load before that, then VACUUM ANALYZE (default 5; see
 #                    "priming" below)
 #   BENCH_PG_LOG_MS  log statements slower than this, with their plans (diagnosis)
+#   BENCH_PG_STATS   1 = print the statements that took the most database time (diagnosis)
 #   BENCH_RATE       tickets/s in all (default 500)
 #   BENCH_ENGINEERS  engineers (default 1000)
 #   BENCH_NO_BUILD   1 = use build/release as it is
@@ -156,6 +157,7 @@ if ((PRIME > 0)); then
         sleep 0.1
     done
     psql_super -c "VACUUM ANALYZE" >/dev/null
+    bench_pg_stats_reset
 fi
 
 # ---- measurement ----------------------------------------------------------------------------------
@@ -215,6 +217,7 @@ wait "$MEASURE_PID" || {
     die "the subscriber failed"
 }
 RESULT=$(tail -n 1 "$WORK/measure.out")
+bench_pg_stats
 
 # ---- summary --------------------------------------------------------------------------------------
 kill -0 "$DISPATCH_PID" 2>/dev/null || {

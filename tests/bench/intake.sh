@@ -12,8 +12,8 @@
 # load, and intake's RSS under 50 MB.
 #
 # Steps: build the release preset; start a private PostgreSQL (deploy/pg.sh, fsync on), the
-# bus and intake on free ports; create tokens with aftercarectl and one customer, product
-# and warranty policy with curl; then
+# bus and intake on free ports (tests/bench/stack.sh; intake follows no source); create
+# tokens with aftercarectl and one customer, product and warranty policy with curl; then
 #   (a) pgbench ceiling    pgbench -n -c 16 -j 2 -T $BENCH_SECONDS on a scratch schema
 #   (b) closed loop        bench-loadgen --clients 16 --duration $BENCH_SECONDS
 #   (c) half load          bench-loadgen --clients 16 --rate <ceiling/2> (open loop, latency
@@ -26,6 +26,8 @@
 #   BENCH_CLIENTS   concurrent clients for pgbench and the closed loop (default 16)
 #   BENCH_WARMUP    seconds of unmeasured load on intake before (b) (default 2; 0 = none)
 #   BENCH_NO_BUILD  1 = use build/release as it is
+#   BENCH_BUILD_DIR another build tree (implies no build; a Debug/ASan build's figures
+#                   mean nothing)
 #   BENCH_KEEP      1 = keep the work directory (logs, pgbench script) for inspection
 #   AC_PG_BIN       PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 #
@@ -34,12 +36,13 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../.." && pwd)
+# shellcheck source=tests/bench/stack.sh
+. "$ROOT/tests/bench/stack.sh"
+BENCH_NAME=intake.sh
+
 DUR=${BENCH_SECONDS:-10}
 CLIENTS=${BENCH_CLIENTS:-16}
 WARMUP=${BENCH_WARMUP:-2}
-PG_BIN=${AC_PG_BIN:-/usr/lib/postgresql/15/bin}
-BUILD=$ROOT/build/release
-PYTHON=/usr/bin/python3
 
 # Targets (issue 2).
 TARGET_RATIO=1.0
@@ -47,236 +50,31 @@ TARGET_HALF_P99_MS=20
 TARGET_RSS_MB=50
 
 if ! [[ "$DUR" =~ ^[0-9]+$ ]] || ((DUR < 1 || DUR > 3600)); then
-    echo "intake.sh: BENCH_SECONDS must be 1..3600" >&2
-    exit 1
+    die "BENCH_SECONDS must be 1..3600"
 fi
 if ! [[ "$CLIENTS" =~ ^[0-9]+$ ]] || ((CLIENTS < 1 || CLIENTS > 256)); then
-    echo "intake.sh: BENCH_CLIENTS must be 1..256" >&2
-    exit 1
+    die "BENCH_CLIENTS must be 1..256"
 fi
-[[ "$WARMUP" =~ ^[0-9]+$ ]] || {
-    echo "intake.sh: BENCH_WARMUP must be a whole number of seconds" >&2
-    exit 1
-}
+[[ "$WARMUP" =~ ^[0-9]+$ ]] || die "BENCH_WARMUP must be a whole number of seconds"
 
-# The ceiling is only meaningful with durable commits.
-unset AC_PG_NOSYNC
-
-WORK=
-PG_DIR=
-BUS_PID=
-INTAKE_PID=
-CHILD_PID= # the pgbench or bench-loadgen running now
-CLEANED=0
-
-say() { printf '%s  %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    echo "intake.sh: $*" >&2
-    exit 1
-}
-
-# Stops a process we started: SIGTERM, then SIGKILL after 10 s.
-# shellcheck disable=SC2317 # called from the EXIT trap
-stop_pid() { # PID NAME
-    local pid=$1 i
-    [[ -n "$pid" ]] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "intake.sh: $2 did not stop on SIGTERM; killing it" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-# shellcheck disable=SC2317 # called by the EXIT trap
-cleanup() {
-    local rc=$?
-    ((CLEANED)) && return
-    CLEANED=1
-    trap '' INT TERM
-    stop_pid "$CHILD_PID" "the running measurement"
-    stop_pid "$INTAKE_PID" aftercare-intake
-    stop_pid "$BUS_PID" aftercare-bus
-    if [[ -n "$PG_DIR" ]]; then
-        "$ROOT/deploy/pg.sh" stop "$PG_DIR" >/dev/null 2>&1 || true
-    fi
-    if [[ -n "$WORK" ]]; then
-        if [[ "${BENCH_KEEP:-0}" == 1 ]]; then
-            echo "intake.sh: kept $WORK" >&2
-        else
-            rm -rf -- "$WORK"
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Runs a long command in the background and waits for it, so that Ctrl-C or SIGTERM runs
-# the cleanup at once instead of after the command (bash defers traps while a foreground
-# command runs). Returns the command's status.
-run_child() {
-    local rc=0
-    "$@" &
-    CHILD_PID=$!
-    wait "$CHILD_PID" || rc=$?
-    CHILD_PID=
-    return "$rc"
-}
-
-# A TCP port on 127.0.0.1 that nobody listens on now.
-free_port() {
-    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# The value of KEY in a line of key=value pairs.
-kv() { # LINE KEY
-    local pair
-    for pair in $1; do
-        if [[ "$pair" == "$2="* ]]; then
-            printf '%s\n' "${pair#*=}"
-            return 0
-        fi
-    done
-    echo "?"
-}
-
-json_field() { # FIELD  (JSON on stdin)
-    "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
-}
-
-show_log() { # FILE
-    [[ -f "$1" ]] || return 0
-    echo "---- last lines of $1" >&2
-    tail -n 20 "$1" >&2
-}
-
-# ---- build -----------------------------------------------------------------------------------
-for tool in curl "$PYTHON" "$PG_BIN/pgbench" "$PG_BIN/psql"; do
-    command -v "$tool" >/dev/null || die "missing $tool (run deploy/install-deps.sh)"
-done
-if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
-    say "building the release preset"
-    cd "$ROOT"
-    if [[ ! -f "$BUILD/CMakeCache.txt" ]]; then
-        cmake --preset release >/dev/null || die "cmake --preset release failed"
-    fi
-    cmake --build --preset release -j"$(nproc)" >/dev/null || die "cmake --build --preset release failed"
-fi
-BUS_BIN=$BUILD/services/bus/aftercare-bus
-INTAKE_BIN=$BUILD/services/intake/aftercare-intake
-CTL_BIN=$BUILD/tools/aftercarectl/aftercarectl
-LOADGEN=$BUILD/tests/bench/bench-loadgen
-for bin in "$BUS_BIN" "$INTAKE_BIN" "$CTL_BIN" "$LOADGEN"; do
-    [[ -x "$bin" ]] || die "missing $bin"
-done
-
-WORK=$(mktemp -d /tmp/ac-bench.XXXXXX)
-chmod 755 "$WORK" # the postgres user must reach the cluster inside
-
-# ---- PostgreSQL, bus, intake --------------------------------------------------------------------
-PG_PORT=$(free_port)
-HTTP_PORT=$(free_port)
-BUS_IN=$(free_port)
-BUS_OUT=$(free_port)
-BUS_REPLAY=$(free_port)
-BUS_HTTP_PORT=$(free_port)
-PG_DIR=$WORK/pg
-
-say "starting PostgreSQL on port $PG_PORT (fsync on)"
-"$ROOT/deploy/pg.sh" init "$PG_DIR" "$PG_PORT" "$WORK/pg.env" >"$WORK/pg-init.log" 2>&1 || {
-    show_log "$WORK/pg-init.log"
-    die "deploy/pg.sh init failed"
-}
-# shellcheck disable=SC1091 # written by pg.sh
-. "$WORK/pg.env"
-psql_super() {
-    PGOPTIONS='-c client_min_messages=warning' "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -At \
-        "$AC_SUPER_DB" "$@"
-}
-PG_FSYNC=$(psql_super -c "SHOW fsync")
-PG_SYNC_COMMIT=$(psql_super -c "SHOW synchronous_commit")
-[[ "$PG_FSYNC" == on && "$PG_SYNC_COMMIT" == on ]] ||
-    die "PostgreSQL runs with fsync=$PG_FSYNC synchronous_commit=$PG_SYNC_COMMIT; the benchmark needs both on"
-
-say "making CURVE keys with aftercarectl keys create"
-BUS_PUBLIC=$(AC_ADMIN_DB=$AC_ADMIN_DB "$CTL_BIN" keys create bench-bus --kind bus \
-    --out "$WORK/bus.key" 2>"$WORK/keys.log") || {
-    show_log "$WORK/keys.log"
-    die "aftercarectl keys create --kind bus failed"
-}
-AC_ADMIN_DB=$AC_ADMIN_DB "$CTL_BIN" keys create bench-intake --kind service \
-    --source aftercare/intake --out "$WORK/intake.key" >/dev/null 2>>"$WORK/keys.log" || {
-    show_log "$WORK/keys.log"
-    die "aftercarectl keys create (intake) failed"
-}
-
-say "starting aftercare-bus (input $BUS_IN, output $BUS_OUT)"
-AC_BUS_DB=$AC_BUS_DB AC_BUS_SECRET_KEY_FILE=$WORK/bus.key \
-    AC_BUS_INPUT_BIND=tcp://127.0.0.1:$BUS_IN AC_BUS_OUTPUT_BIND=tcp://127.0.0.1:$BUS_OUT \
-    AC_BUS_REPLAY_BIND=tcp://127.0.0.1:$BUS_REPLAY AC_BUS_HTTP_PORT=$BUS_HTTP_PORT \
-    AC_BUS_SOURCES=aftercare/intake=intake AC_LOG_LEVEL=warn "$BUS_BIN" 2>"$WORK/bus.log" &
-BUS_PID=$!
-
-say "starting aftercare-intake on port $HTTP_PORT"
-AC_INTAKE_DB=$AC_INTAKE_DB AC_INTAKE_HTTP_PORT=$HTTP_PORT AC_BUS_INPUT=tcp://127.0.0.1:$BUS_IN \
-    AC_BUS_SERVER_KEY=$BUS_PUBLIC AC_INTAKE_KEY_FILE=$WORK/intake.key \
-    AC_LOG_LEVEL=warn "$INTAKE_BIN" 2>"$WORK/intake.log" &
-INTAKE_PID=$!
-URL=http://127.0.0.1:$HTTP_PORT
-
-for ((i = 0; ; i++)); do
-    kill -0 "$INTAKE_PID" 2>/dev/null || {
-        show_log "$WORK/intake.log"
-        die "aftercare-intake exited during start-up"
-    }
-    kill -0 "$BUS_PID" 2>/dev/null || {
-        show_log "$WORK/bus.log"
-        die "aftercare-bus exited during start-up"
-    }
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$URL/healthz" || true)
-    [[ "$code" == 200 ]] && break
-    ((i < 300)) || {
-        show_log "$WORK/intake.log"
-        die "intake's /healthz did not answer 200 within 30 s (last: $code)"
-    }
-    sleep 0.1
-done
+# ---- build; PostgreSQL, bus, intake -----------------------------------------------------------
+bench_init intake.sh
+command -v "$PG_BIN/pgbench" >/dev/null || die "missing $PG_BIN/pgbench (run deploy/install-deps.sh)"
+bench_build
+bench_start_pg
+bench_keys bus intake
+AC_BUS_SOURCES=aftercare/intake=intake bench_start_bus
+AC_INTAKE_FOLLOW=none bench_start_intake
+URL=$INTAKE_URL
 
 # ---- tokens and reference data ----------------------------------------------------------------
-AGENT_TOKEN=$(AC_ADMIN_DB=$AC_ADMIN_DB "$CTL_BIN" token create --role agent --name bench-agent) ||
-    die "aftercarectl token create --role agent failed"
-ADMIN_TOKEN=$(AC_ADMIN_DB=$AC_ADMIN_DB "$CTL_BIN" token create --role admin --name bench-admin) ||
-    die "aftercarectl token create --role admin failed"
-
-# POST/PUT with the admin token; prints the body, fails on a non-2xx status.
-api() { # METHOD PATH JSON
-    local out code
-    out=$(curl -s -S --max-time 10 -X "$1" -H "Authorization: Bearer $ADMIN_TOKEN" \
-        -H 'Content-Type: application/json' -d "$3" -w '\n%{http_code}' "$URL$2") ||
-        die "curl $1 $2 failed"
-    code=${out##*$'\n'}
-    out=${out%$'\n'*}
-    [[ "$code" == 2* ]] || die "$1 $2 answered $code: $out"
-    printf '%s\n' "$out"
-}
-
+AGENT_TOKEN=$(bench_token agent)
+ADMIN_TOKEN=$(bench_token admin)
 # Tokens reach intake's cache through NOTIFY: wait until both are accepted.
-for ((i = 0; ; i++)); do
-    a=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "Authorization: Bearer $AGENT_TOKEN" \
-        "$URL/v1/tickets?limit=1" || true)
-    b=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "Authorization: Bearer $ADMIN_TOKEN" \
-        "$URL/v1/tickets?limit=1" || true)
-    [[ "$a" == 200 && "$b" == 200 ]] && break
-    ((i < 100)) || die "intake did not accept the new tokens within 10 s ($a, $b)"
-    sleep 0.1
-done
+wait_token "$URL" "/v1/tickets?limit=1" "$AGENT_TOKEN"
+wait_token "$URL" "/v1/tickets?limit=1" "$ADMIN_TOKEN"
+# POST/PUT with the admin token; prints the body, dies on a non-2xx status.
+api() { bench_api "$URL" "$ADMIN_TOKEN" "$@"; } # METHOD PATH JSON
 
 say "creating a customer, a warranty policy and a product"
 CUSTOMER_ID=$(api POST /v1/customers \

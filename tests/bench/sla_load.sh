@@ -5,8 +5,9 @@
 #
 # Measures, with one aftercare-dispatch (release build) on a real PostgreSQL (fsync and
 # synchronous_commit on):
-#   (a) restart load   BENCH_DEADLINES armed deadline rows (tests/bench/sla_load.sql,
-#                      step=armed: bulk, one transaction) are in the database when
+#   (a) restart load   BENCH_DEADLINES armed deadlines — clocks computed and waiting for
+#                      their next level (tests/bench/sla_load.sql, step=armed: bulk, one
+#                      transaction, 4 levels each) — are in the database when
 #                      dispatch starts. Time from exec to the log line "sla: N deadlines
 #                      armed in X s" (every row read and in the deadline set, its timer
 #                      armed), the engine's own load time from that line, the resident set
@@ -14,8 +15,9 @@
 #                      started on an empty schema. Target: load under 10 s.
 #   (b) lateness       with the million armed, BENCH_FIRE more deadlines are inserted
 #                      (step=due), due one after the other over BENCH_SPREAD s starting
-#                      BENCH_LEAD s later, the way the hooks write them (trigger, change
-#                      queue, NOTIFY). When all have fired: lateness = fired_at - due_at
+#                      BENCH_LEAD s later, the way the hooks leave a new ticket's clocks
+#                      (dirty, NOTIFY): the engine computes, saves and arms them, then
+#                      fires them. When all have fired: lateness = fired_at - due_at
 #                      (PostgreSQL's clock inside the firing transaction) as p50/p99/max,
 #                      and the engine's own figures from /metrics (commit acknowledged -
 #                      due, over the last 16384 firings). Also checked: each fired exactly
@@ -24,7 +26,8 @@
 # Today's anchors (before the engine) polled every 300,000 ms.
 #
 # Steps: build the release preset; start a private PostgreSQL (deploy/pg.sh), make the
-# CURVE keys of the bus and dispatch (aftercarectl keys create), start the bus; start
+# CURVE keys of the bus and dispatch (aftercarectl keys create), start the bus (all three
+# with tests/bench/stack.sh); start
 # dispatch once to migrate and note its RSS; stop it; load (a); start it and measure;
 # load (b) and measure; print a summary. Bounded: every wait has a timeout, ~1-2 minutes
 # in all on 2 CPUs. Everything it started is stopped and removed on exit (Ctrl-C too).
@@ -33,7 +36,8 @@
 #   BENCH_DEADLINES  armed deadlines (default 1000000)
 #   BENCH_FIRE       deadlines of the compressed schedule (default 10000)
 #   BENCH_SPREAD     seconds they are spread over (default 10)
-#   BENCH_LEAD       seconds from the insert to the first due time (default 3)
+#   BENCH_LEAD       seconds from the insert to the first due time (default 10: time for
+#                    the engine to compute the clocks it has just been told about)
 #   BENCH_NO_BUILD   1 = use build/release as it is
 #   BENCH_BUILD_DIR  another build tree (implies no build; a Debug/ASan build's figures
 #                    mean nothing)
@@ -45,13 +49,14 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../.." && pwd)
+# shellcheck source=tests/bench/stack.sh
+. "$ROOT/tests/bench/stack.sh"
+BENCH_NAME=sla_load.sh
+
 DEADLINES=${BENCH_DEADLINES:-1000000}
 FIRE=${BENCH_FIRE:-10000}
 SPREAD=${BENCH_SPREAD:-10}
-LEAD=${BENCH_LEAD:-3}
-PG_BIN=${AC_PG_BIN:-/usr/lib/postgresql/15/bin}
-BUILD=${BENCH_BUILD_DIR:-$ROOT/build/release}
-PYTHON=/usr/bin/python3
+LEAD=${BENCH_LEAD:-10}
 
 TARGET_LOAD_S=10
 TARGET_P99_MS=100
@@ -59,141 +64,22 @@ TARGET_P99_MS=100
 num_in() { # VALUE LO HI
     [[ "$1" =~ ^[0-9]+$ ]] && (($1 >= $2 && $1 <= $3))
 }
-num_in "$DEADLINES" 1000 10000000 || { echo "sla_load.sh: BENCH_DEADLINES must be 1000..10000000" >&2; exit 1; }
-num_in "$FIRE" 10 200000 || { echo "sla_load.sh: BENCH_FIRE must be 10..200000" >&2; exit 1; }
-num_in "$SPREAD" 1 600 || { echo "sla_load.sh: BENCH_SPREAD must be 1..600" >&2; exit 1; }
-num_in "$LEAD" 1 60 || { echo "sla_load.sh: BENCH_LEAD must be 1..60" >&2; exit 1; }
-
-unset AC_PG_NOSYNC # durable commits, or the lateness means nothing
-
-WORK=
-PG_DIR=
-BUS_PID=
-DISPATCH_PID=
-CLEANED=0
-
-say() { printf '%s  %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    echo "sla_load.sh: $*" >&2
-    exit 1
-}
-
-# shellcheck disable=SC2317 # called from the EXIT trap
-stop_pid() { # PID NAME
-    local pid=$1 i
-    [[ -n "$pid" ]] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "sla_load.sh: $2 did not stop on SIGTERM; killing it" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-# shellcheck disable=SC2317 # called by the EXIT trap
-cleanup() {
-    local rc=$?
-    ((CLEANED)) && return
-    CLEANED=1
-    trap '' INT TERM
-    stop_pid "$DISPATCH_PID" aftercare-dispatch
-    stop_pid "$BUS_PID" aftercare-bus
-    if [[ -n "$PG_DIR" ]]; then
-        "$ROOT/deploy/pg.sh" stop "$PG_DIR" >/dev/null 2>&1 || true
-    fi
-    if [[ -n "$WORK" ]]; then
-        if [[ "${BENCH_KEEP:-0}" == 1 ]]; then
-            echo "sla_load.sh: kept $WORK" >&2
-        else
-            rm -rf -- "$WORK"
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() {
-    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-show_log() { # FILE
-    [[ -f "$1" ]] || return 0
-    echo "---- last lines of $1" >&2
-    tail -n 20 "$1" >&2
-}
+num_in "$DEADLINES" 1000 10000000 || die "BENCH_DEADLINES must be 1000..10000000"
+num_in "$FIRE" 10 200000 || die "BENCH_FIRE must be 10..200000"
+num_in "$SPREAD" 1 600 || die "BENCH_SPREAD must be 1..600"
+num_in "$LEAD" 1 60 || die "BENCH_LEAD must be 1..60"
 
 now_s() { date +%s.%N; }
 
-# ---- build ----------------------------------------------------------------------------------
-for tool in curl "$PYTHON" "$PG_BIN/psql"; do
-    command -v "$tool" >/dev/null || die "missing $tool (run deploy/install-deps.sh)"
-done
-if [[ "${BENCH_NO_BUILD:-0}" != 1 && -z "${BENCH_BUILD_DIR:-}" ]]; then
-    say "building the release preset"
-    cd "$ROOT"
-    if [[ ! -f "$BUILD/CMakeCache.txt" ]]; then
-        cmake --preset release >/dev/null || die "cmake --preset release failed"
-    fi
-    cmake --build --preset release -j"$(nproc)" >/dev/null || die "cmake --build --preset release failed"
-fi
-BUS_BIN=$BUILD/services/bus/aftercare-bus
-DISPATCH_BIN=$BUILD/services/dispatch/aftercare-dispatch
-CTL_BIN=$BUILD/tools/aftercarectl/aftercarectl
-for bin in "$BUS_BIN" "$DISPATCH_BIN" "$CTL_BIN"; do
-    [[ -x "$bin" ]] || die "missing $bin"
-done
+# ---- build; PostgreSQL, keys, bus -------------------------------------------------------------
+bench_init sla_load.sh
+bench_build
 BUILD_TYPE=$(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$BUILD/CMakeCache.txt" 2>/dev/null || echo "?")
+bench_start_pg
+bench_keys bus dispatch
+bench_start_bus
 
-WORK=$(mktemp -d /tmp/ac-bench-sla.XXXXXX)
-chmod 755 "$WORK" # the postgres user must reach the cluster inside
-
-# ---- PostgreSQL, keys, bus --------------------------------------------------------------------
-PG_PORT=$(free_port)
 HTTP_PORT=$(free_port)
-BUS_HTTP_PORT=$(free_port)
-BUS_IN=tcp://127.0.0.1:$(free_port)
-BUS_OUT=tcp://127.0.0.1:$(free_port)
-BUS_REPLAY=tcp://127.0.0.1:$(free_port)
-PG_DIR=$WORK/pg
-
-say "starting PostgreSQL on port $PG_PORT (fsync on)"
-"$ROOT/deploy/pg.sh" init "$PG_DIR" "$PG_PORT" "$WORK/pg.env" >"$WORK/pg-init.log" 2>&1 || {
-    show_log "$WORK/pg-init.log"
-    die "deploy/pg.sh init failed"
-}
-# shellcheck disable=SC1091 # written by pg.sh
-. "$WORK/pg.env"
-psql_super() {
-    PGOPTIONS='-c client_min_messages=warning' "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -At \
-        "$AC_SUPER_DB" "$@"
-}
-PG_FSYNC=$(psql_super -c "SHOW fsync")
-PG_SYNC_COMMIT=$(psql_super -c "SHOW synchronous_commit")
-[[ "$PG_FSYNC" == on && "$PG_SYNC_COMMIT" == on ]] ||
-    die "PostgreSQL runs with fsync=$PG_FSYNC synchronous_commit=$PG_SYNC_COMMIT; the benchmark needs both on"
-
-say "making CURVE keys with aftercarectl keys create"
-ctl() { AC_ADMIN_DB=$AC_ADMIN_DB "$CTL_BIN" "$@"; }
-BUS_PUBLIC=$(ctl keys create bench-bus --kind bus --out "$WORK/bus.key" 2>"$WORK/keys.log") || {
-    show_log "$WORK/keys.log"
-    die "aftercarectl keys create --kind bus failed"
-}
-ctl keys create bench-dispatch --kind service --source aftercare/dispatch \
-    --out "$WORK/dispatch.key" >/dev/null 2>>"$WORK/keys.log" || die "aftercarectl keys create (dispatch) failed"
-
-say "starting aftercare-bus"
-AC_BUS_DB=$AC_BUS_DB AC_BUS_SECRET_KEY_FILE=$WORK/bus.key AC_BUS_INPUT_BIND=$BUS_IN \
-    AC_BUS_OUTPUT_BIND=$BUS_OUT AC_BUS_REPLAY_BIND=$BUS_REPLAY AC_BUS_HTTP_PORT=$BUS_HTTP_PORT \
-    AC_LOG_LEVEL=warn "$BUS_BIN" 2>"$WORK/bus.log" &
-BUS_PID=$!
-
 URL=http://127.0.0.1:$HTTP_PORT
 LOG=$WORK/dispatch.log
 start_dispatch() {
@@ -238,7 +124,7 @@ T=$(now_s)
 psql_super -v step=armed -v deadlines="$DEADLINES" -f "$ROOT/tests/bench/sla_load.sql" \
     >"$WORK/load-armed.log" 2>&1 || { show_log "$WORK/load-armed.log"; die "the armed load failed"; }
 INSERT_S=$(awk -v a="$T" -v b="$(now_s)" 'BEGIN { printf "%.1f", b - a }')
-ARMED_ROWS=$(psql_super -c "SELECT count(*) FROM dispatch.sla_deadlines WHERE state = 'pending' AND due_at IS NOT NULL")
+ARMED_ROWS=$(psql_super -c "SELECT count(*) FROM dispatch.sla_armed")
 say "    $ARMED_ROWS rows in ${INSERT_S}s; CHECKPOINT"
 psql_super -c "CHECKPOINT"
 

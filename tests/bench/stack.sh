@@ -176,6 +176,30 @@ bench_start_pg() {
             -c "ALTER SYSTEM SET auto_explain.log_nested_statements = on" \
             -c "SELECT pg_reload_conf()" >/dev/null
     fi
+    if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then # diagnosis: per-statement totals (bench_pg_stats)
+        psql_super -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'" >/dev/null
+        { "$ROOT/deploy/pg.sh" stop "$PG_DIR" && "$ROOT/deploy/pg.sh" start "$PG_DIR" "$port"; } \
+            >>"$WORK/pg-init.log" 2>&1 || die "PostgreSQL did not restart with pg_stat_statements"
+        psql_super -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" \
+            -c "ALTER SYSTEM SET pg_stat_statements.track = 'all'" -c "SELECT pg_reload_conf()" \
+            >/dev/null
+    fi
+}
+
+# With BENCH_PG_STATS=1: the statements that took the most database time since the last
+# reset, to stderr: those the clients sent (BENCH_PG_STATS_TOPLEVEL=false: the statements
+# inside functions instead).
+bench_pg_stats() {
+    [[ ${BENCH_PG_STATS:-0} == 1 ]] || return 0
+    psql_super -P pager=off -c "SELECT round(total_exec_time) AS ms, calls,
+            round((total_exec_time / calls)::numeric, 3) AS ms_per_call, rows,
+            left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
+          FROM pg_stat_statements WHERE toplevel = ${BENCH_PG_STATS_TOPLEVEL:-true}
+         ORDER BY total_exec_time DESC LIMIT ${BENCH_PG_STATS_TOP:-25}" >&2
+}
+bench_pg_stats_reset() {
+    [[ ${BENCH_PG_STATS:-0} == 1 ]] || return 0
+    psql_super -c "SELECT pg_stat_statements_reset()" >/dev/null
 }
 
 ctl() { AC_ADMIN_DB=$AC_ADMIN_DB "$CTL_BIN" "$@"; }

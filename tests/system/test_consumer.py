@@ -232,10 +232,10 @@ def outbox_truth(stack, timeout=60):
     """Waits until intake's relay has numbered every outbox row, then returns
     {sequence: event_id} of all of them."""
     def settled():
-        n = stack.db.scalar("SELECT count(*) FROM intake.outbox WHERE sequence IS NULL")
+        n = stack.db.scalar("SELECT count(*) FROM intake.outbox_pending")
         return n == 0
     wait_until(settled, timeout, 0.1, "the relay to number every outbox row")
-    rows = stack.db.rows("SELECT sequence, event_id::text AS id FROM intake.outbox "
+    rows = stack.db.rows("SELECT sequence, event_id::text AS id FROM intake.outbox_sequenced "
                          "WHERE sequence IS NOT NULL")
     truth = {r["sequence"]: r["id"] for r in rows}
     last = stack.db.scalar("SELECT last_seq FROM intake.outbox_state")

@@ -114,7 +114,7 @@ class Example:
 
 def last_seq(db):
     """The latest sequence numbered by intake's relay, once nothing is left unnumbered."""
-    wait_until(lambda: db.scalar("SELECT count(*) FROM intake.outbox WHERE sequence IS NULL") == 0,
+    wait_until(lambda: db.scalar("SELECT count(*) FROM intake.outbox_pending") == 0,
                30, 0.1, "the relay to number every outbox row")
     return db.scalar("SELECT last_seq FROM intake.outbox_state")
 
@@ -189,7 +189,7 @@ def test_example_follows_replays_and_resumes_exactly_once(stack, tmp_root):
         lines = ex.lines()
         ours = set(before + during + stopped + after)
         tickets = [r["sequence"] for r in stack.db.rows(
-            "SELECT sequence FROM intake.outbox WHERE starts_with(topic, 'ticket.') "
+            "SELECT sequence FROM intake.outbox_sequenced WHERE starts_with(topic, 'ticket.') "
             "AND sequence <= %s ORDER BY sequence", (upto,))]
         # every ticket event, each once, in order (today: contiguous from 1; should another
         # test put other topics into intake's outbox, those are holes the example confirms)
@@ -311,7 +311,7 @@ def test_example_repairs_losses_kills_and_topic_holes(make_stack, tmp_root):
             "following live, it never met a hole to confirm by replay:\n" + ex.log())
 
         created = [r["sequence"] for r in stack.db.rows(
-            "SELECT sequence FROM intake.outbox WHERE topic = 'ticket.created' "
+            "SELECT sequence FROM intake.outbox_sequenced WHERE topic = 'ticket.created' "
             "ORDER BY sequence")]
         journal = ex.journal()
         assert [r[0] for r in journal] == created  # applied once each (and only those)

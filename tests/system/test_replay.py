@@ -167,7 +167,7 @@ def last_seq(db):
 
 
 def wait_numbered(db, timeout=30):
-    wait_until(lambda: db.scalar("SELECT count(*) FROM intake.outbox WHERE sequence IS NULL") == 0,
+    wait_until(lambda: db.scalar("SELECT count(*) FROM intake.outbox_pending") == 0,
                timeout, 0.1, "the relay to number every outbox row")
     return last_seq(db)
 
@@ -261,7 +261,7 @@ def test_topic_prefix_filters_but_covers_the_range(stack, api, replayer, db):
     assert r.status_code == 200, r.text
     latest = wait_numbered(db)
     want = [r["sequence"] for r in db.rows(
-        "SELECT sequence FROM intake.outbox WHERE topic LIKE 'ticket.status%%' "
+        "SELECT sequence FROM intake.outbox_sequenced WHERE topic LIKE 'ticket.status%%' "
         "AND sequence <= %s ORDER BY sequence", (latest,))]
     assert want, "the transition published no ticket.status_changed event"
 
@@ -404,7 +404,7 @@ def test_key_limited_to_ticket_never_replays_another_topic(make_stack):
     s.probe()
     latest = wait_numbered(db)
     parts = {r["sequence"] for r in db.rows(
-        "SELECT sequence FROM intake.outbox WHERE topic = 'parts.reserved'")}
+        "SELECT sequence FROM intake.outbox_sequenced WHERE topic = 'parts.reserved'")}
     assert len(parts) == 5
 
     crm = ReplayClient(s, "crm")
@@ -438,7 +438,7 @@ def test_pruned_range_names_the_oldest_sequence(make_stack):
         s.probe()
     wait_numbered(db)
     # published_seq is recorded ~2 s after the send, then rows older than 2 s go
-    wait_until(lambda: (db.scalar("SELECT min(sequence) FROM intake.outbox") or 10 ** 9) > 1,
+    wait_until(lambda: (db.scalar("SELECT min(sequence) FROM intake.outbox_seq") or 10 ** 9) > 1,
                30, 0.2, "the prune job to delete the first rows")
     assert "outbox: pruned" in s.intake.log_text()
     c = ReplayClient(s)

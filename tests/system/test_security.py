@@ -10,6 +10,7 @@ every refusal shows in the bus log.
 import os
 import socket
 import stat
+import struct
 import subprocess
 import time
 import uuid
@@ -306,6 +307,43 @@ def test_service_key_cannot_publish_for_another_source(stack, sub):
     assert metric(stack, "unauthorised_total") >= before + 1
 
 
+def batch(*events):
+    """The relay's batch message into the bus input (common/ac_bus.h): [bus.batch][records],
+    each record topic length (1 byte), topic, envelope length (4 bytes), envelope."""
+    body = b"".join(bytes([len(t)]) + t + struct.pack(">I", len(e)) + e for t, e in events)
+    return [b"bus.batch", body]
+
+
+def test_batch_is_checked_event_by_event_and_arrives_as_single_events(stack, sub):
+    name = unique("testsvc")
+    pub = register_service(stack, name)
+    try:
+        before = metric(stack, "unauthorised_total")
+        malformed = metric(stack, "malformed_total")
+        mark = sub.mark()
+        forged = envelope("ticket.created", helpers.SOURCE, 10 ** 9)
+        heartbeat = envelope("bus.heartbeat", TEST_SOURCE, 1)
+        own = [envelope("parts.reserved", TEST_SOURCE, seq) for seq in (1, 2)]
+        pub.send(batch(own[0], forged, heartbeat, own[1]))
+        whole = batch(envelope("parts.reserved", TEST_SOURCE, 3))
+        pub.send([whole[0], whole[1][:-5]])  # truncated: dropped whole, counted
+        last = envelope("parts.reserved", TEST_SOURCE, 4)
+        pub.send(last)
+        last_subject = envelope_pb2.Envelope.FromString(last[1]).subject
+        wait_until(lambda: last_subject in subjects(sub, mark), 10, 0.05, "the event after")
+        got = [m for m in sub.messages(mark) if m.topic != b"bus.heartbeat"
+               and not (m.env and m.env.source == helpers.SOURCE)]
+        # subscribers see the documented two frames, never a batch, in the order sent
+        assert all(m.error is None for m in got)
+        assert [m.topic for m in got] == [b"parts.reserved"] * 3
+        assert [m.env.sequence for m in got] == [1, 2, 4]
+    finally:
+        pub.close()
+    assert metric(stack, "unauthorised_total") >= before + 2  # the forged event, the heartbeat
+    assert metric(stack, "malformed_total") >= malformed + 1
+    bus_log_has(stack, "dropped a batch from the input")
+
+
 def test_service_key_cannot_forge_a_heartbeat(stack, sub):
     crm = unique("crm")
     register(stack, crm, topics=["ticket."])
@@ -341,8 +379,8 @@ def test_heartbeat_never_claims_more_than_the_outbox_numbered(make_stack):
     events = s.subscriber(b"ticket.")
     try:
         s.probe()
-        wait_until(lambda: s.db.scalar("SELECT count(*) FROM intake.outbox "
-                                       "WHERE sequence IS NULL") == 0, 30, 0.1, "numbering")
+        wait_until(lambda: s.db.scalar("SELECT count(*) FROM intake.outbox_pending") == 0,
+                   30, 0.1, "numbering")
         bogus = envelope("ticket.noted", helpers.SOURCE, 10 ** 9)
         pub.send(bogus)
         bogus_subject = envelope_pb2.Envelope.FromString(bogus[1]).subject

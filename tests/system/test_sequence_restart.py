@@ -45,7 +45,7 @@ def check_stream(stack, sub, acked):
     multi = {n: ids for n, ids in created.items() if len(ids) != 1}
     assert multi == {}, "tickets with several distinct created events: %r" % list(multi.items())[:3]
     # the outbox agrees with what went out
-    out = stack.db.rows("SELECT sequence FROM intake.outbox WHERE sequence IS NOT NULL "
+    out = stack.db.rows("SELECT sequence FROM intake.outbox_sequenced WHERE sequence IS NOT NULL "
                         "ORDER BY sequence")
     assert [r["sequence"] for r in out] == seqs
     # ticket numbers are gap-free per day too
@@ -142,13 +142,13 @@ def test_bus_restart_intake_keeps_accepting(make_stack):
     after = create_batch(agent, cust["id"], 5, "after")
     sub.wait_subjects(after, timeout=30, since=mark)
     # the relay numbered and handed out everything, "during" included
-    stuck = stack.db.scalar("SELECT count(*) FROM intake.outbox WHERE sequence IS NULL")
+    stuck = stack.db.scalar("SELECT count(*) FROM intake.outbox_pending")
     assert stuck == 0
     assert stack.db.scalar("SELECT count(*) FROM intake.tickets WHERE number = ANY(%s)",
                            (during,)) == len(during)
     after_seqs = sorted(m.env.sequence for m in sub.events(mark) if m.env.subject in after)
     assert after_seqs == list(range(after_seqs[0], after_seqs[0] + 5)), after_seqs
-    assert after_seqs[-1] == stack.db.scalar("SELECT max(sequence) FROM intake.outbox")
+    assert after_seqs[-1] == stack.db.scalar("SELECT max(sequence) FROM intake.outbox_sequenced")
     # one event per ticket so far: the five after the restart are the last five
     total = stack.db.scalar("SELECT count(*) FROM intake.tickets")
     assert after_seqs == list(range(total - 4, total + 1)), (after_seqs, total)

@@ -74,7 +74,8 @@ def test_create_writes_rows_and_publishes_one_event(api, db, sub):
     assert env.correlation_id == request_id
     assert created.ticket.warranty.in_warranty is True
     assert created.ticket.warranty.expires_on == "2027-03-01"
-    outbox = db.rows("SELECT sequence, topic FROM intake.outbox WHERE event_id = %s", (env.id,))
+    outbox = db.rows("SELECT sequence, topic FROM intake.outbox_sequenced WHERE event_id = %s",
+                     (env.id,))
     assert outbox and outbox[0]["sequence"] == env.sequence and outbox[0]["topic"] == "ticket.created"
 
     # the GET agrees, with one history entry

@@ -3,7 +3,8 @@
  * main.c parses the global options and dispatches through a command table; each command
  * module (ticket.c, engineer.c, token.c, keys.c, events.c) parses its own options with getopt_long
  * and returns an exit status. http.c is the libcurl client for the services' JSON APIs, store.c the
- * tool's own libpq access to auth.tokens and auth.bus_keys.
+ * tool's own libpq access to auth.tokens and auth.bus_keys, admin.c what the commands on
+ * that database share.
  *
  * Exit statuses: 0 success, 1 the operation failed (HTTP error, connection refused,
  * database error), 2 usage error (unknown command or option, missing argument). */
@@ -126,5 +127,27 @@ int ctl_store_key_list(ctl_store_t *self, void (*fn)(const ctl_key_row_t *row, v
 /* Revokes the live key called name. 0, AC_ERR_NOTFOUND (no key ever had that name),
  * AC_ERR_CONFLICT (only revoked ones), AC_ERR_DB. */
 int ctl_store_key_revoke(ctl_store_t *self, const char *name) AC_WUR;
+
+/* --- admin.c: the commands on the admin database (token, keys) ------------------------ */
+#define CTL_DB_HELP                                                                                \
+    "      --db CONNINFO      libpq conninfo of the ac_admin role (env AC_ADMIN_DB)\n"             \
+    "  -h, --help             this help\n"
+
+/* Connects to g->db. NULL with *rc the exit status (usage error when there is no --db or
+ * AC_ADMIN_DB, failure printed) or the store with *rc CTL_EXIT_OK. */
+ctl_store_t *ctl_admin_open(const ctl_globals_t *g, const char *cmd, int *rc);
+/* After the options: exactly one operand, the NAME of a `what` ("token", "key").
+ * CTL_EXIT_OK with *name (borrowed from argv), or a usage error. */
+int ctl_name_operand(const char *cmd, int argc, char **argv, const char *what, const char **name);
+/* A command whose only options are --db and --help (help: its text): parses them, then
+ * its operands (what NULL: none; otherwise one NAME, as ctl_name_operand()), then
+ * connects. The store with *rc CTL_EXIT_OK to go on, or NULL with *rc the exit status to
+ * return (help printed, usage error, no connection). */
+ctl_store_t *ctl_admin_begin(ctl_globals_t *g, int argc, char **argv, const char *cmd,
+                             const char *help, const char *what, const char **name, int *rc);
+/* Reports a revoke's result (err from ctl_store_*_revoke()) of the `what` called name,
+ * note appended on success ("" for none); returns the exit status: done or already
+ * revoked CTL_EXIT_OK, no such name or a database error CTL_EXIT_FAIL. */
+int ctl_admin_revoked(int err, const char *what, const char *name, const char *note);
 
 #endif

@@ -33,10 +33,6 @@ enum {
     OPT_PUBLIC_KEY,
 };
 
-#define DB_HELP                                                                                    \
-    "      --db CONNINFO      libpq conninfo of the ac_admin role (env AC_ADMIN_DB)\n"             \
-    "  -h, --help             this help\n"
-
 #define KEY_OPTIONS_HELP                                                                           \
     "      --kind KIND        service: publishes into the bus input (needs --source), and may\n"   \
     "                         subscribe; subscriber: may subscribe and replay, nothing else\n"     \
@@ -169,17 +165,6 @@ static int check_spec(const char *cmd, key_spec_t *spec, const char *topics, int
     return parse_topics(cmd, topics, spec);
 }
 
-static ctl_store_t *open_store(const ctl_globals_t *g, const char *cmd, int *rc)
-{
-    if (g->db == NULL) {
-        *rc = ctl_usage_error(cmd, "no database: set --db or AC_ADMIN_DB");
-        return NULL;
-    }
-    ctl_store_t *store = ctl_store_open(g->db);
-    *rc = store != NULL ? CTL_EXIT_OK : CTL_EXIT_FAIL;
-    return store;
-}
-
 /* Registers spec's public key; prints why not. CTL_EXIT_OK or CTL_EXIT_FAIL. */
 static int register_key(ctl_store_t *store, const key_spec_t *spec, const char *public_key)
 {
@@ -230,7 +215,7 @@ static const char CREATE_HELP[] =
     "overwritten) and allows its public key on the bus. Prints the public key on stdout.\n"
     "With --kind bus it makes the bus's own key pair (AC_BUS_SECRET_KEY_FILE) and registers\n"
     "nothing; its public key is the AC_BUS_SERVER_KEY of every client.\n"
-    "\n" KEY_OPTIONS_HELP "      --out FILE         the key file to write\n" DB_HELP;
+    "\n" KEY_OPTIONS_HELP "      --out FILE         the key file to write\n" CTL_DB_HELP;
 
 int ctl_keys_create(ctl_globals_t *g, int argc, char **argv)
 {
@@ -277,11 +262,8 @@ int ctl_keys_create(ctl_globals_t *g, int argc, char **argv)
             return ctl_bad_option(cmd, c, argv);
         }
     }
-    if (optind >= argc)
-        return ctl_usage_error(cmd, "a key NAME is required");
-    if (optind + 1 < argc)
-        return ctl_usage_error(cmd, "unexpected argument '%s'", argv[optind + 1]);
-    spec.name = argv[optind];
+    if ((rc = ctl_name_operand(cmd, argc, argv, "key", &spec.name)) != CTL_EXIT_OK)
+        return rc;
     rc = check_spec(cmd, &spec, topics, 1);
     if (rc != CTL_EXIT_OK)
         goto out;
@@ -295,7 +277,7 @@ int ctl_keys_create(ctl_globals_t *g, int argc, char **argv)
         goto out;
     }
     is_bus = strcmp(spec.kind, "bus") == 0;
-    if (!is_bus && (store = open_store(g, cmd, &rc)) == NULL)
+    if (!is_bus && (store = ctl_admin_open(g, cmd, &rc)) == NULL)
         goto out;
     if (ac_curve_keypair(pair.public_key, pair.secret_key) != 0) {
         ctl_err("cannot generate a key pair (libzmq without CURVE?)");
@@ -332,7 +314,7 @@ static const char ALLOW_HELP[] =
     "Allows on the bus a public key generated elsewhere (e.g. by an integrator with\n"
     "pyzmq's zmq.curve_keypair(); the secret key stays with them).\n"
     "\n"
-    "      --public-key Z85   the 40-character Z85 public key\n" KEY_OPTIONS_HELP DB_HELP;
+    "      --public-key Z85   the 40-character Z85 public key\n" KEY_OPTIONS_HELP CTL_DB_HELP;
 
 int ctl_keys_allow(ctl_globals_t *g, int argc, char **argv)
 {
@@ -375,11 +357,8 @@ int ctl_keys_allow(ctl_globals_t *g, int argc, char **argv)
             return ctl_bad_option(cmd, c, argv);
         }
     }
-    if (optind >= argc)
-        return ctl_usage_error(cmd, "a key NAME is required");
-    if (optind + 1 < argc)
-        return ctl_usage_error(cmd, "unexpected argument '%s'", argv[optind + 1]);
-    spec.name = argv[optind];
+    if ((rc = ctl_name_operand(cmd, argc, argv, "key", &spec.name)) != CTL_EXIT_OK)
+        return rc;
     rc = check_spec(cmd, &spec, topics, 0);
     if (rc != CTL_EXIT_OK)
         goto out;
@@ -395,7 +374,7 @@ int ctl_keys_allow(ctl_globals_t *g, int argc, char **argv)
                              strlen(public_key) == AC_KEY_Z85_LEN ? ", not all Z85" : "");
         goto out;
     }
-    if ((store = open_store(g, cmd, &rc)) == NULL)
+    if ((store = ctl_admin_open(g, cmd, &rc)) == NULL)
         goto out;
     rc = register_key(store, &spec, public_key);
     if (rc == CTL_EXIT_OK)
@@ -413,53 +392,19 @@ static const char REVOKE_HELP[] = "Usage: aftercarectl keys revoke NAME [--db CO
                                   "Revokes the live key called NAME. The bus refuses it within a "
                                   "moment, without a restart,\n"
                                   "and cuts off its open connections.\n"
-                                  "\n" DB_HELP;
+                                  "\n" CTL_DB_HELP;
 
 int ctl_keys_revoke(ctl_globals_t *g, int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"db", required_argument, NULL, OPT_DB},
-        {"help", no_argument, NULL, OPT_HELP},
-        {NULL, 0, NULL, 0},
-    };
-    const char *cmd = "keys revoke ";
-    int c, rc;
-
-    while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        switch (c) {
-        case OPT_DB:
-            g->db = optarg;
-            break;
-        case OPT_HELP:
-            fputs(REVOKE_HELP, stdout);
-            return CTL_EXIT_OK;
-        default:
-            return ctl_bad_option(cmd, c, argv);
-        }
-    }
-    if (optind >= argc)
-        return ctl_usage_error(cmd, "a key NAME is required");
-    if (optind + 1 < argc)
-        return ctl_usage_error(cmd, "unexpected argument '%s'", argv[optind + 1]);
-    const char *name = argv[optind];
-    ctl_store_t *store = open_store(g, cmd, &rc);
+    const char *name = NULL;
+    int rc;
+    ctl_store_t *store =
+        ctl_admin_begin(g, argc, argv, "keys revoke ", REVOKE_HELP, "key", &name, &rc);
     if (store == NULL)
         return rc;
     int err = ctl_store_key_revoke(store, name);
     ctl_store_close(&store);
-    switch (err) {
-    case 0:
-        fprintf(stderr, "revoked key '%s'\n", name);
-        return CTL_EXIT_OK;
-    case AC_ERR_CONFLICT:
-        fprintf(stderr, "key '%s' was already revoked\n", name);
-        return CTL_EXIT_OK;
-    case AC_ERR_NOTFOUND:
-        ctl_err("no key named '%s'", name);
-        return CTL_EXIT_FAIL;
-    default:
-        return CTL_EXIT_FAIL;
-    }
+    return ctl_admin_revoked(err, "key", name, "");
 }
 
 /* --- keys list -------------------------------------------------------------------------- */
@@ -467,7 +412,7 @@ int ctl_keys_revoke(ctl_globals_t *g, int argc, char **argv)
 static const char LIST_HELP[] = "Usage: aftercarectl keys list [--db CONNINFO]\n"
                                 "\n"
                                 "Lists the bus keys, live and revoked, oldest first.\n"
-                                "\n" DB_HELP;
+                                "\n" CTL_DB_HELP;
 
 static void print_key_row(const ctl_key_row_t *row, void *arg)
 {
@@ -482,32 +427,10 @@ static void print_key_row(const ctl_key_row_t *row, void *arg)
 
 int ctl_keys_list(ctl_globals_t *g, int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"db", required_argument, NULL, OPT_DB},
-        {"help", no_argument, NULL, OPT_HELP},
-        {NULL, 0, NULL, 0},
-    };
-    const char *cmd = "keys list ";
-    int c, rc;
-
-    while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        switch (c) {
-        case OPT_DB:
-            g->db = optarg;
-            break;
-        case OPT_HELP:
-            fputs(LIST_HELP, stdout);
-            return CTL_EXIT_OK;
-        default:
-            return ctl_bad_option(cmd, c, argv);
-        }
-    }
-    if (optind < argc)
-        return ctl_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
-    ctl_store_t *store = open_store(g, cmd, &rc);
+    int count = 0, rc;
+    ctl_store_t *store = ctl_admin_begin(g, argc, argv, "keys list ", LIST_HELP, NULL, NULL, &rc);
     if (store == NULL)
         return rc;
-    int count = 0;
     rc = ctl_store_key_list(store, print_key_row, &count) == 0 ? CTL_EXIT_OK : CTL_EXIT_FAIL;
     ctl_store_close(&store);
     if (rc == CTL_EXIT_OK && count == 0)

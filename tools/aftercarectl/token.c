@@ -23,10 +23,6 @@ enum {
     OPT_NAME,
 };
 
-#define DB_HELP                                                                                    \
-    "      --db CONNINFO      libpq conninfo of the ac_admin role (env AC_ADMIN_DB)\n"             \
-    "  -h, --help             this help\n"
-
 /* "agent, engineer, ..." into buf. */
 static const char *role_list(char *buf, size_t len)
 {
@@ -39,17 +35,6 @@ static const char *role_list(char *buf, size_t len)
         o += (size_t)n;
     }
     return buf;
-}
-
-static ctl_store_t *open_store(const ctl_globals_t *g, const char *cmd, int *rc)
-{
-    if (g->db == NULL) {
-        *rc = ctl_usage_error(cmd, "no database: set --db or AC_ADMIN_DB");
-        return NULL;
-    }
-    ctl_store_t *store = ctl_store_open(g->db);
-    *rc = store != NULL ? CTL_EXIT_OK : CTL_EXIT_FAIL;
-    return store;
 }
 
 static int is_valid_name(const char *s)
@@ -73,7 +58,7 @@ static const char CREATE_HELP[] =
     "\n"
     "      --role ROLE        agent, engineer, supervisor, warehouse, admin, integration\n"
     "      --name NAME        a name to list and revoke it by (default: ROLE-<time>-<pid>);\n"
-    "                         no two active tokens share a name\n" DB_HELP;
+    "                         no two active tokens share a name\n" CTL_DB_HELP;
 
 int ctl_token_create(ctl_globals_t *g, int argc, char **argv)
 {
@@ -128,7 +113,7 @@ int ctl_token_create(ctl_globals_t *g, int argc, char **argv)
         return ctl_usage_error(cmd, "--name must be 1-%d characters without control characters",
                                CTL_TOKEN_NAME_MAX);
 
-    ctl_store_t *store = open_store(g, cmd, &rc);
+    ctl_store_t *store = ctl_admin_open(g, cmd, &rc);
     if (store == NULL)
         return rc;
 
@@ -166,7 +151,7 @@ static const char LIST_HELP[] = "Usage: aftercarectl token list [--db CONNINFO]\
                                 "\n"
                                 "Lists API tokens (names and roles, never the tokens), oldest "
                                 "first.\n"
-                                "\n" DB_HELP;
+                                "\n" CTL_DB_HELP;
 
 static void print_token_row(const ctl_token_row_t *row, void *arg)
 {
@@ -179,32 +164,10 @@ static void print_token_row(const ctl_token_row_t *row, void *arg)
 
 int ctl_token_list(ctl_globals_t *g, int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"db", required_argument, NULL, OPT_DB},
-        {"help", no_argument, NULL, OPT_HELP},
-        {NULL, 0, NULL, 0},
-    };
-    const char *cmd = "token list ";
-    int c, rc;
-
-    while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        switch (c) {
-        case OPT_DB:
-            g->db = optarg;
-            break;
-        case OPT_HELP:
-            fputs(LIST_HELP, stdout);
-            return CTL_EXIT_OK;
-        default:
-            return ctl_bad_option(cmd, c, argv);
-        }
-    }
-    if (optind < argc)
-        return ctl_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
-    ctl_store_t *store = open_store(g, cmd, &rc);
+    int count = 0, rc;
+    ctl_store_t *store = ctl_admin_begin(g, argc, argv, "token list ", LIST_HELP, NULL, NULL, &rc);
     if (store == NULL)
         return rc;
-    int count = 0;
     rc = ctl_store_token_list(store, print_token_row, &count) == 0 ? CTL_EXIT_OK : CTL_EXIT_FAIL;
     ctl_store_close(&store);
     if (rc == CTL_EXIT_OK && count == 0)
@@ -218,52 +181,18 @@ static const char REVOKE_HELP[] = "Usage: aftercarectl token revoke NAME [--db C
                                   "\n"
                                   "Revokes the active token called NAME; services stop "
                                   "accepting it within a moment.\n"
-                                  "\n" DB_HELP;
+                                  "\n" CTL_DB_HELP;
 
 int ctl_token_revoke(ctl_globals_t *g, int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"db", required_argument, NULL, OPT_DB},
-        {"help", no_argument, NULL, OPT_HELP},
-        {NULL, 0, NULL, 0},
-    };
-    const char *cmd = "token revoke ";
-    int c, rc;
-
-    while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        switch (c) {
-        case OPT_DB:
-            g->db = optarg;
-            break;
-        case OPT_HELP:
-            fputs(REVOKE_HELP, stdout);
-            return CTL_EXIT_OK;
-        default:
-            return ctl_bad_option(cmd, c, argv);
-        }
-    }
-    if (optind >= argc)
-        return ctl_usage_error(cmd, "a token NAME is required");
-    if (optind + 1 < argc)
-        return ctl_usage_error(cmd, "unexpected argument '%s'", argv[optind + 1]);
-    const char *name = argv[optind];
-    ctl_store_t *store = open_store(g, cmd, &rc);
+    const char *name = NULL;
+    size_t n = 0;
+    int rc;
+    ctl_store_t *store =
+        ctl_admin_begin(g, argc, argv, "token revoke ", REVOKE_HELP, "token", &name, &rc);
     if (store == NULL)
         return rc;
-    size_t n = 0;
     int err = ctl_store_token_revoke(store, name, &n);
     ctl_store_close(&store);
-    switch (err) {
-    case 0:
-        fprintf(stderr, "revoked token '%s'%s\n", name, n > 1 ? " (several with that name)" : "");
-        return CTL_EXIT_OK;
-    case AC_ERR_CONFLICT:
-        fprintf(stderr, "token '%s' was already revoked\n", name);
-        return CTL_EXIT_OK;
-    case AC_ERR_NOTFOUND:
-        ctl_err("no token named '%s'", name);
-        return CTL_EXIT_FAIL;
-    default:
-        return CTL_EXIT_FAIL;
-    }
+    return ctl_admin_revoked(err, "token", name, n > 1 ? " (several with that name)" : "");
 }
