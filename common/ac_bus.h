@@ -164,6 +164,34 @@ int ac_bus_pub_send(ac_bus_pub_t *self, const char *topic, const void *body, siz
  * full queue (an XPUB with NODROP gives no usable writable signal). */
 void ac_bus_pub_on_ready(ac_bus_pub_t *self, void (*cb)(void *arg), void *arg);
 
+/* --- batches: several events in one message into the bus input ---------------------------
+ * CURVE encrypts and authenticates every frame of every message on its own, so a message
+ * per event costs the relay and the bus more than the events' bytes do. A service's relay
+ * may therefore send [AC_BUS_BATCH_TOPIC][records] to the bus input, where the records are
+ * events one after the other, each:
+ *   topic length (1 byte, 1..255), topic, envelope length (4 bytes, big-endian), envelope.
+ * The bus checks each event as if it came alone (the same publisher, topic and envelope
+ * checks) and forwards it as the documented [topic][envelope]: subscribers never see a
+ * batch. "bus." topics are the bus's own, so no event can be mistaken for a batch. */
+#define AC_BUS_BATCH_TOPIC     "bus.batch"
+#define AC_BUS_BATCH_BYTES_MAX 65536 /* what a relay puts in one batch (AC_BUS_MAX_MSG above) */
+#define AC_BUS_BATCH_EVENTS    64    /* events per batch message at most */
+/* The bytes of one record; 0 when the topic is empty or longer than 255 bytes. */
+size_t ac_bus_batch_record_size(size_t topic_len, size_t envelope_len);
+/* Writes one record at out (ac_bus_batch_record_size() bytes); returns its size. envelope
+ * NULL: the envelope is already in place (at out + 1 + topic_len + 4). */
+size_t ac_bus_batch_record_put(uint8_t *out, const char *topic, size_t topic_len,
+                               const uint8_t *envelope, size_t envelope_len);
+/* Reads the record at *off of a batch of len bytes and moves *off past it: 1 with the
+ * record in *topic and *envelope (pointing into batch), 0 at the end, AC_ERR_INVALID when the
+ * rest is not a whole record. */
+int ac_bus_batch_next(const uint8_t *batch, size_t len, size_t *off, const uint8_t **topic,
+                      size_t *topic_len, const uint8_t **envelope, size_t *envelope_len);
+/* ac_bus_pub_new() whose queue holds at most sndhwm messages (ac_bus_pub_new: 10,000): a
+ * batching publisher keeps its queue in events about the same. */
+ac_bus_pub_t *ac_bus_pub_new_hwm(struct ev_loop *loop, const char *endpoint,
+                                 const ac_curve_t *curve, int sndhwm);
+
 /* --- subscriber: routing inbound events by payload type ------------------------------- */
 typedef struct ac_bus_sub ac_bus_sub_t;
 

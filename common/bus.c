@@ -723,6 +723,12 @@ static void on_pub_retry(struct ev_loop *loop, ev_timer *w, int revents)
 
 ac_bus_pub_t *ac_bus_pub_new(struct ev_loop *loop, const char *endpoint, const ac_curve_t *curve)
 {
+    return ac_bus_pub_new_hwm(loop, endpoint, curve, PUB_SNDHWM);
+}
+
+ac_bus_pub_t *ac_bus_pub_new_hwm(struct ev_loop *loop, const char *endpoint,
+                                 const ac_curve_t *curve, int sndhwm)
+{
     ac_bus_pub_t *p = calloc(1, sizeof(*p));
     if (!p)
         return NULL;
@@ -732,7 +738,7 @@ ac_bus_pub_t *ac_bus_pub_new(struct ev_loop *loop, const char *endpoint, const a
     /* IMMEDIATE: the pipe to the bus exists only while connected, so a lost connection
      * unsubscribes (the publisher holds events) and a new one subscribes again */
     if (!p->sock || ac_zsock_set_xpub_nodrop(p->sock, 1) || ac_zsock_set_immediate(p->sock, 1) ||
-        ac_zsock_set_hwm(p->sock, PUB_SNDHWM, 1000) ||
+        ac_zsock_set_hwm(p->sock, sndhwm > 0 ? sndhwm : PUB_SNDHWM, 1000) ||
         (curve && ac_zsock_set_curve_client(p->sock, curve)) ||
         ac_zsock_connect(p->sock, endpoint)) {
         ac_bus_pub_destroy(&p);
@@ -780,6 +786,54 @@ void ac_bus_pub_on_ready(ac_bus_pub_t *self, void (*cb)(void *arg), void *arg)
 {
     self->on_ready = cb;
     self->ready_arg = arg;
+}
+
+/* --- batches ------------------------------------------------------------------------------ */
+
+size_t ac_bus_batch_record_size(size_t topic_len, size_t envelope_len)
+{
+    if (topic_len == 0 || topic_len > 255 || envelope_len > UINT32_MAX)
+        return 0;
+    return 1 + topic_len + 4 + envelope_len;
+}
+
+size_t ac_bus_batch_record_put(uint8_t *out, const char *topic, size_t topic_len,
+                               const uint8_t *envelope, size_t envelope_len)
+{
+    uint8_t *p = out;
+    *p++ = (uint8_t)topic_len;
+    memcpy(p, topic, topic_len);
+    p += topic_len;
+    *p++ = (uint8_t)(envelope_len >> 24);
+    *p++ = (uint8_t)(envelope_len >> 16);
+    *p++ = (uint8_t)(envelope_len >> 8);
+    *p++ = (uint8_t)envelope_len;
+    if (envelope != NULL && envelope_len > 0)
+        memcpy(p, envelope, envelope_len);
+    return (size_t)(p - out) + envelope_len;
+}
+
+int ac_bus_batch_next(const uint8_t *batch, size_t len, size_t *off, const uint8_t **topic,
+                      size_t *topic_len, const uint8_t **envelope, size_t *envelope_len)
+{
+    size_t at = *off, tlen, elen;
+    if (at >= len)
+        return 0;
+    tlen = batch[at];
+    if (tlen == 0 || len - at < 1 + tlen + 4)
+        return AC_ERR_INVALID;
+    at += 1 + tlen;
+    elen = (size_t)batch[at] << 24 | (size_t)batch[at + 1] << 16 | (size_t)batch[at + 2] << 8 |
+           batch[at + 3];
+    at += 4;
+    if (elen > len - at)
+        return AC_ERR_INVALID;
+    *topic = batch + *off + 1;
+    *topic_len = tlen;
+    *envelope = batch + at;
+    *envelope_len = elen;
+    *off = at + elen;
+    return 1;
 }
 
 /* --- subscriber --------------------------------------------------------------------------- */

@@ -16,7 +16,7 @@
 #include "ac_time.h"
 
 #define SCHEMA_MAX 48
-#define SQL_MAX    1024
+#define SQL_MAX    2048
 
 /* published_seq means "handed to the ZeroMQ socket", not "on the wire": a kill -9 can
  * lose what the socket still held. So the database records only sequences handed over at
@@ -34,10 +34,22 @@ enum { S_NOJIT, S_MARK, S_ASSIGN, S_RECOVER, S_PRUNE, S_COUNT };
  * fsyncs, per event) up to this many rows; it falls back to cfg->batch once caught up. */
 #define BATCH_MAX 4000
 
+/* Rows numbered are deleted from outbox_pending, and their index entries stay until VACUUM:
+ * after a burst every numbering transaction would walk them (measured: ~1.5 ms for 200,000
+ * at each commit of a 1,000/s load that follows, the latency's p99 3x). Autovacuum may come
+ * a minute later, so once caught up after this many rows the relay vacuums the table itself
+ * (a few milliseconds: it is narrow and nearly empty). */
+#define VACUUM_AFTER 20000
+
+/* A numbered event, kept in the arena as a record of a bus batch (ac_bus.h): consecutive
+ * events are consecutive records, so a batch message is a slice of the arena. */
 typedef struct pending_event {
     uint64_t sequence;
-    const char *topic;       /* in the batch's arena */
-    const uint8_t *envelope; /* in the batch's arena, sequence already appended */
+    const uint8_t *record; /* in the arena: topic length, topic, envelope length, envelope */
+    size_t record_len;
+    const char *topic; /* in the record, not NUL-terminated */
+    size_t topic_len;
+    const uint8_t *envelope; /* in the record, sequence already appended */
     size_t len;
 } pending_event_t;
 
@@ -56,6 +68,9 @@ struct ac_outbox {
     ev_timer prune;          /* the retention job (not started when retention_s is 0) */
     ac_db_txn_t *prune_txn;  /* the prune statement in flight, or NULL */
     unsigned prune_failures; /* consecutive failed prunes (the first is logged at warn) */
+    ac_db_txn_t *vacuum_txn; /* VACUUM of outbox_pending in flight, or NULL */
+    uint64_t numbered_since_vacuum;
+    char vacuum_sql[SQL_MAX];
     ac_backoff_t backoff;
     ac_db_txn_t *txn;         /* the round trip in flight, or NULL */
     pending_event_t *pending; /* numbered, not yet handed to the bus */
@@ -125,65 +140,122 @@ static const char OUTBOX_V2[] = "DO $g$ BEGIN"
                                 " END IF;"
                                 " END $g$;";
 
+/* Numbering without rewriting the row. Numbering by UPDATE rewrote each wide outbox row (a
+ * new row version, three index entries, ~2 KB of WAL per event) and bounded the relay.
+ * Now the outbox rows are never updated:
+ * - outbox_pending holds the ids not numbered yet; the insert trigger fills it from the
+ *   statement's transition table (one small index entry per event for the producer), and
+ *   the relay deletes what it numbers, so finding work never scans the outbox;
+ * - outbox_seq (sequence -> id) is the numbering, narrow and append-only; replay, recovery
+ *   and prune join it to the outbox by id;
+ * - outbox_sequenced (a view) shows the outbox with its sequences, NULL while unnumbered,
+ *   for administrators and tests.
+ * Rows numbered or pending before this migration keep their place. */
+static const char OUTBOX_V3[] =
+    "CREATE TABLE %1$s.outbox_pending (id bigint PRIMARY KEY);"
+    "CREATE TABLE %1$s.outbox_seq (sequence bigint PRIMARY KEY CHECK (sequence > 0),"
+    " id bigint NOT NULL);"
+    "INSERT INTO %1$s.outbox_seq (sequence, id)"
+    " SELECT sequence, id FROM %1$s.outbox WHERE sequence IS NOT NULL;"
+    "INSERT INTO %1$s.outbox_pending (id) SELECT id FROM %1$s.outbox WHERE sequence IS NULL;"
+    "ALTER TABLE %1$s.outbox DROP COLUMN sequence;"
+    "DROP TRIGGER outbox_notify ON %1$s.outbox;"
+    "CREATE OR REPLACE FUNCTION %1$s.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS"
+    " $f$ BEGIN INSERT INTO %1$s.outbox_pending (id) SELECT id FROM new_rows;"
+    " PERFORM pg_notify('%1$s_outbox', ''); RETURN NULL; END $f$;"
+    "CREATE TRIGGER outbox_notify AFTER INSERT ON %1$s.outbox REFERENCING NEW TABLE AS new_rows"
+    " FOR EACH STATEMENT EXECUTE FUNCTION %1$s.outbox_notify();"
+    "CREATE VIEW %1$s.outbox_sequenced AS"
+    " SELECT o.id, o.event_id, o.topic, o.envelope, o.created_at, s.sequence"
+    " FROM %1$s.outbox o LEFT JOIN %1$s.outbox_seq s ON s.id = o.id;"
+    "DO $g$ BEGIN"
+    " IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ac_bus') THEN"
+    "  GRANT SELECT ON %1$s.outbox_pending, %1$s.outbox_seq, %1$s.outbox_sequenced TO ac_bus;"
+    " END IF;"
+    " END $g$;";
+
 int ac_outbox_migrate(const char *conninfo, const char *schema, double wait_s)
 {
     char v1[sizeof(OUTBOX_V1) + (size_t)16 * SCHEMA_MAX];
     char v2[sizeof(OUTBOX_V2) + (size_t)4 * SCHEMA_MAX];
+    char v3[sizeof(OUTBOX_V3) + (size_t)32 * SCHEMA_MAX];
     if (!schema_is_valid(schema)) {
         ac_error("outbox: invalid schema name \"%s\"", schema);
         return AC_ERR_INVALID;
     }
     snprintf(v1, sizeof(v1), OUTBOX_V1, schema);
     snprintf(v2, sizeof(v2), OUTBOX_V2, schema);
-    const ac_migration_t migrations[] = {
-        {1, "001_outbox", v1}, {2, "002_grant_bus", v2}, {0, NULL, NULL}};
+    snprintf(v3, sizeof(v3), OUTBOX_V3, schema);
+    const ac_migration_t migrations[] = {{1, "001_outbox", v1},
+                                         {2, "002_grant_bus", v2},
+                                         {3, "003_numbering_table", v3},
+                                         {0, NULL, NULL}};
     return ac_db_migrate(conninfo, schema, "outbox", migrations, wait_s);
 }
 
 /* --- the relay ------------------------------------------------------------------------- */
 
-/* The planner's estimates for SQL_ASSIGN (the state row's CTE counts as ~1800 rows, times
- * the batch) pass jit_above_cost, and compiling it cost more than running it (measured:
- * ~15 ms of ~27 ms for 500 rows, 350 ms of 490 ms for 4000): no JIT in the relay's
- * transactions. */
-static const char SQL_NOJIT[] = "SELECT set_config('jit', 'off', true)";
+/* The relay's transactions are planned on tables that are young or churn fast (a burst
+ * fills outbox_pending and empties it seconds later), so statistics mislead: with them,
+ * plans scanned the whole outbox or pending table into a hash per batch, and JIT
+ * compiling cost more than running (measured: ~15 ms of ~27 ms for 500 rows). Index
+ * access is right for every statement of the relay, whatever the table sizes, so it is
+ * forced for its transactions (SET LOCAL: the prune job and other sessions keep the
+ * defaults). */
+static const char SQL_NOJIT[] = "SELECT set_config('jit', 'off', true),"
+                                " set_config('enable_seqscan', 'off', true),"
+                                " set_config('enable_mergejoin', 'off', true)";
 
 static const char SQL_MARK[] = "UPDATE %1$s.outbox_state SET published_seq = $1::bigint "
                                "WHERE published_seq < $1::bigint";
 
-/* Numbers the oldest unnumbered rows in one statement; the state row lock makes the
- * numbering gap-free even if two relays ever ran at once. */
+/* Numbers the oldest pending rows in one statement: deletes them from outbox_pending (one
+ * range of its primary key: the first $1 ids are all the visible ids from the first to the
+ * last of them), appends them to outbox_seq in id order after last_seq, and returns them
+ * with their envelopes. The state row lock makes the numbering gap-free even if two relays
+ * ever ran at once (and a pending row is deleted by one of them only). The batch spans at
+ * most 4 x $1 ids, so a straggler (a small id committed late) does not make the envelope
+ * read below scan everything since. Only the first scan walks the index entries of rows
+ * numbered before (until VACUUM removes them, see VACUUM_AFTER); the others start at lo. */
 static const char SQL_ASSIGN[] =
     "WITH st AS (SELECT last_seq FROM %1$s.outbox_state FOR UPDATE),"
-    " todo AS (SELECT id FROM %1$s.outbox WHERE sequence IS NULL ORDER BY id LIMIT $1 FOR UPDATE),"
-    " numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM todo),"
-    " upd AS (UPDATE %1$s.outbox o SET sequence = st.last_seq + n.rn FROM numbered n, st"
-    "         WHERE o.id = n.id RETURNING o.sequence, o.topic, o.envelope),"
+    " pick AS (SELECT id FROM %1$s.outbox_pending ORDER BY id LIMIT $1::int),"
+    " rng AS (SELECT min(id) AS lo, least(max(id), min(id) + 4 * $1::bigint) AS hi FROM pick),"
+    " todo AS (DELETE FROM %1$s.outbox_pending"
+    "          WHERE id BETWEEN (SELECT lo FROM rng) AND (SELECT hi FROM rng) RETURNING id),"
+    " numbered AS (SELECT t.id, st.last_seq + row_number() OVER (ORDER BY t.id) AS sequence"
+    "              FROM todo t, st),"
+    " ins AS (INSERT INTO %1$s.outbox_seq (sequence, id) SELECT sequence, id FROM numbered),"
     " bump AS (UPDATE %1$s.outbox_state SET last_seq = last_seq + (SELECT count(*) FROM todo)"
-    "          WHERE (SELECT count(*) FROM todo) > 0 RETURNING last_seq)"
-    " SELECT sequence, topic, envelope FROM upd ORDER BY sequence";
+    "          WHERE (SELECT count(*) FROM todo) > 0)"
+    " SELECT n.sequence, o.topic, o.envelope FROM numbered n JOIN %1$s.outbox o ON o.id = n.id"
+    " WHERE o.id BETWEEN (SELECT min(id) FROM todo) AND (SELECT max(id) FROM todo)"
+    " ORDER BY n.sequence";
 
 /* $1 < 0: from the published_seq recorded in the database (after a start). */
 static const char SQL_RECOVER[] =
-    "SELECT sequence, topic, envelope FROM %1$s.outbox"
-    " WHERE sequence > CASE WHEN $1::bigint < 0"
-    "                       THEN (SELECT published_seq FROM %1$s.outbox_state)"
-    "                       ELSE $1::bigint END"
-    " ORDER BY sequence LIMIT $2";
+    "SELECT s.sequence, o.topic, o.envelope"
+    " FROM %1$s.outbox_seq s JOIN %1$s.outbox o ON o.id = s.id"
+    " WHERE s.sequence > CASE WHEN $1::bigint < 0"
+    "                         THEN (SELECT published_seq FROM %1$s.outbox_state)"
+    "                         ELSE $1::bigint END"
+    " ORDER BY s.sequence LIMIT $2";
 
-/* Retention: deletes up to $1 of the oldest published rows, stopping before the first one
- * (in sequence order) younger than $2 seconds, so no hole is ever left for replay. */
+/* Retention: deletes up to $1 of the oldest published events (their outbox rows and their
+ * numbers), stopping before the first one (in sequence order) younger than $2 seconds, so
+ * no hole is ever left for replay. */
 static const char SQL_PRUNE[] =
-    "WITH chunk AS (SELECT sequence, created_at FROM %1$s.outbox"
-    "               WHERE sequence IS NOT NULL"
-    "                 AND sequence <= (SELECT published_seq FROM %1$s.outbox_state)"
-    "               ORDER BY sequence LIMIT $1::int),"
+    "WITH chunk AS (SELECT s.sequence, s.id, o.created_at"
+    "               FROM %1$s.outbox_seq s LEFT JOIN %1$s.outbox o ON o.id = s.id"
+    "               WHERE s.sequence <= (SELECT published_seq FROM %1$s.outbox_state)"
+    "               ORDER BY s.sequence LIMIT $1::int),"
     " keep AS (SELECT min(sequence) AS first FROM chunk"
     "          WHERE created_at >= now() - make_interval(secs => $2::double precision)),"
-    " del AS (DELETE FROM %1$s.outbox o USING chunk c"
-    "         WHERE o.sequence = c.sequence"
-    "           AND c.sequence < coalesce((SELECT first FROM keep), 9223372036854775807)"
-    "         RETURNING o.sequence)"
+    " doomed AS (SELECT sequence, id FROM chunk"
+    "            WHERE sequence < coalesce((SELECT first FROM keep), 9223372036854775807)),"
+    " del_rows AS (DELETE FROM %1$s.outbox o USING doomed d WHERE o.id = d.id),"
+    " del AS (DELETE FROM %1$s.outbox_seq s USING doomed d WHERE s.sequence = d.sequence"
+    "         RETURNING s.sequence)"
     " SELECT count(*), coalesce(max(sequence), 0) FROM del";
 
 /* Events queued towards a bus connection that broke may be lost: after the bus subscribes
@@ -192,6 +264,28 @@ static const char SQL_PRUNE[] =
 #define RESEND_WINDOW 20000
 
 static void relay_kick(ac_outbox_t *self);
+
+static void on_vacuum_result(ac_db_txn_t *txn, int err, void *arg)
+{
+    ac_outbox_t *self = arg;
+    self->vacuum_txn = NULL;
+    if (err != 0) /* not worth more than a line: autovacuum does it later */
+        ac_warn("outbox: VACUUM of %s.outbox_pending failed: %s %s", self->cfg->schema,
+                err == AC_ERR_DB ? ac_db_txn_sqlstate(txn) : ac_strerror(err),
+                ac_db_txn_errmsg(txn));
+    ac_db_txn_free(&txn);
+}
+
+/* See VACUUM_AFTER. Outside a transaction block (VACUUM refuses one). */
+static void vacuum_pending(ac_outbox_t *self)
+{
+    if (self->vacuum_txn || !(self->vacuum_txn = ac_db_txn_new(self->db, 0)))
+        return;
+    self->numbered_since_vacuum = 0;
+    if (ac_db_txn_add_sql(self->vacuum_txn, self->vacuum_sql, 0, NULL, NULL, NULL) != 0 ||
+        ac_db_txn_flush(self->vacuum_txn, on_vacuum_result, self) != 0)
+        ac_db_txn_free(&self->vacuum_txn); /* the database is down: the next burst retries */
+}
 
 static void pending_clear(ac_outbox_t *self)
 {
@@ -203,7 +297,7 @@ static void pending_clear(ac_outbox_t *self)
 }
 
 /* Copies the rows (sequence, topic, envelope; binary results) of res into self->pending,
- * the envelopes with their sequence appended, all in one arena. */
+ * the envelopes with their sequence appended, all in one arena as bus batch records. */
 static int pending_load(ac_outbox_t *self, PGresult *res)
 {
     int rows = PQntuples(res);
@@ -211,9 +305,11 @@ static int pending_load(ac_outbox_t *self, PGresult *res)
     if (rows <= 0)
         return 0;
     for (int r = 0; r < rows; r++) {
-        if (PQgetlength(res, r, 0) != 8 || PQgetisnull(res, r, 2))
+        size_t rec = ac_bus_batch_record_size((size_t)PQgetlength(res, r, 1),
+                                              (size_t)PQgetlength(res, r, 2) + 11);
+        if (PQgetlength(res, r, 0) != 8 || PQgetisnull(res, r, 2) || rec == 0)
             return AC_ERR_DB;
-        size += (size_t)PQgetlength(res, r, 1) + 1 + (size_t)PQgetlength(res, r, 2) + 11;
+        size += rec;
     }
     self->pending = calloc((size_t)rows, sizeof(*self->pending));
     self->arena = malloc(size);
@@ -226,15 +322,17 @@ static int pending_load(ac_outbox_t *self, PGresult *res)
         uint64_t seq = 0;
         for (int i = 0; i < 8; i++)
             seq = seq << 8 | be[i];
+        uint8_t *rec = self->arena + at, *envelope = rec + 1 + tlen + 4;
         ev->sequence = seq;
-        memcpy(self->arena + at, PQgetvalue(res, r, 1), tlen);
-        self->arena[at + tlen] = '\0';
-        ev->topic = (const char *)self->arena + at;
-        at += tlen + 1;
+        ev->record = rec;
+        ev->topic = (const char *)rec + 1;
+        ev->topic_len = tlen;
+        ev->envelope = envelope;
         ev->len = ac_event_append_sequence((const uint8_t *)PQgetvalue(res, r, 2),
-                                           (size_t)PQgetlength(res, r, 2), seq, self->arena + at);
-        ev->envelope = self->arena + at;
-        at += ev->len;
+                                           (size_t)PQgetlength(res, r, 2), seq, envelope);
+        /* the envelope is in place: writing the record around it copies only the topic */
+        ev->record_len = ac_bus_batch_record_put(rec, PQgetvalue(res, r, 1), tlen, NULL, ev->len);
+        at += ev->record_len;
         self->npending++;
     }
     return 0;
@@ -269,8 +367,22 @@ static uint64_t safe_seq_now(ac_outbox_t *self)
 static void publish_pending(ac_outbox_t *self)
 {
     while (self->next < self->npending) {
-        pending_event_t *ev = &self->pending[self->next];
-        int rc = ac_bus_pub_send(self->pub, ev->topic, ev->envelope, ev->len);
+        const pending_event_t *ev = &self->pending[self->next];
+        size_t n = 1, bytes = ev->record_len;
+        int rc;
+        /* a run of events in one batch message (see ac_bus.h): one CURVE box on each side
+         * instead of two per event; a lone event goes as it is */
+        while (self->next + n < self->npending && n < AC_BUS_BATCH_EVENTS &&
+               bytes + ev[n].record_len <= AC_BUS_BATCH_BYTES_MAX)
+            bytes += ev[n++].record_len;
+        if (n == 1) {
+            char topic[256];
+            memcpy(topic, ev->topic, ev->topic_len);
+            topic[ev->topic_len] = '\0';
+            rc = ac_bus_pub_send(self->pub, topic, ev->envelope, ev->len);
+        } else {
+            rc = ac_bus_pub_send(self->pub, AC_BUS_BATCH_TOPIC, ev->record, bytes);
+        }
         if (rc == AC_ERR_AGAIN)
             return; /* on_bus_ready resumes */
         if (rc != 0) {
@@ -278,10 +390,10 @@ static void publish_pending(ac_outbox_t *self)
                      ac_strerror(rc));
             return;
         }
-        self->published_seq = ev->sequence;
-        self->next++;
+        self->published_seq = ev[n - 1].sequence;
+        self->next += n;
         if (self->cfg->metrics)
-            ac_metrics_add(self->cfg->metrics, "outbox_published_total", NULL, 1);
+            ac_metrics_add(self->cfg->metrics, "outbox_published_total", NULL, (double)n);
     }
     if (self->cfg->metrics && self->npending)
         ac_metrics_set(self->cfg->metrics, "outbox_published_sequence", NULL,
@@ -348,6 +460,11 @@ static void on_relay_result(ac_db_txn_t *txn, int err, void *arg)
     }
     ac_db_txn_free(&txn);
     self->last_was_full = nrows >= self->txn_batch;
+    if (!is_recover) {
+        self->numbered_since_vacuum += (uint64_t)nrows;
+        if (!self->last_was_full && self->numbered_since_vacuum >= VACUUM_AFTER)
+            vacuum_pending(self);
+    }
     if (!is_recover) /* a backlog: bigger batches; caught up: back to the configured size */
         self->batch = !self->last_was_full ? self->base_batch
                       : self->batch * 2 > BATCH_MAX
@@ -530,6 +647,7 @@ ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg)
     snprintf(self->sql[S_ASSIGN], SQL_MAX, SQL_ASSIGN, cfg->schema);
     snprintf(self->sql[S_RECOVER], SQL_MAX, SQL_RECOVER, cfg->schema);
     snprintf(self->sql[S_PRUNE], SQL_MAX, SQL_PRUNE, cfg->schema);
+    snprintf(self->vacuum_sql, SQL_MAX, "VACUUM %s.outbox_pending", cfg->schema);
     for (int i = 0; i < S_COUNT; i++) {
         self->stmts[i].sql = self->sql[i];
         self->stmts[i].nparams = nparams[i];
@@ -537,7 +655,7 @@ ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg)
     snprintf(self->channel, sizeof(self->channel), "%s_outbox", cfg->schema);
     self->listen[0] = self->channel;
     self->dbcfg.conninfo = cfg->conninfo;
-    self->dbcfg.pool_size = 2; /* the prune job never holds up the relay */
+    self->dbcfg.pool_size = 2; /* the prune job and VACUUM never hold up the relay */
     self->dbcfg.stmts = self->stmts;
     self->dbcfg.nstmts = S_COUNT;
     self->dbcfg.listen = self->listen;
@@ -562,7 +680,9 @@ ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg)
         ac_metrics_declare(cfg->metrics, "outbox_pruned_total", AC_METRIC_COUNTER,
                            "Published events deleted from the outbox after the retention");
     }
-    self->pub = ac_bus_pub_new(loop, cfg->bus_endpoint, cfg->curve);
+    /* about as many events queued as an unbatched publisher's 10,000 messages hold */
+    self->pub =
+        ac_bus_pub_new_hwm(loop, cfg->bus_endpoint, cfg->curve, 10000 / AC_BUS_BATCH_EVENTS);
     self->db = self->pub ? ac_db_new(loop, &self->dbcfg) : NULL;
     if (!self->db) {
         ac_outbox_destroy(&self);
@@ -584,6 +704,7 @@ void ac_outbox_destroy(ac_outbox_t **self_p)
     ev_timer_stop(self->loop, &self->retry);
     ev_timer_stop(self->loop, &self->prune);
     ac_db_txn_free(&self->prune_txn);
+    ac_db_txn_free(&self->vacuum_txn);
     ac_db_txn_free(&self->txn);
     ac_db_destroy(&self->db);
     ac_bus_pub_destroy(&self->pub);

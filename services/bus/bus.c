@@ -1,6 +1,8 @@
 /* bus.c — forwarding and checking (see bus.h). */
 #include "bus.h"
 
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,12 +87,12 @@ typedef struct input_check {
     uint64_t sequence;
     char source[AC_TOPIC_MAX];
     char topic[AC_TOPIC_MAX];
+    size_t batch_events; /* events of a batch message (forwarded one by one), else 0 */
 } input_check_t;
 
-/* ac_zsock_forward()'s check: 1 forwards the message as it is (no copy), 0 drops it. */
-static int input_check(const ac_frames_t *f, void *arg)
+/* 1 when the event f ([topic][envelope]) may go to the output, else 0 (counted, logged). */
+static int input_event_ok(input_check_t *c, const ac_frames_t *f)
 {
-    input_check_t *c = arg;
     bus_t *self = c->self;
     char denied[256];
     const char *why = check_message(f, c->source, sizeof(c->source), &c->sequence, c->topic);
@@ -115,15 +117,86 @@ static int input_check(const ac_frames_t *f, void *arg)
     return 1;
 }
 
+/* A relay's batch (ac_bus.h): each event is checked as if it came alone and forwarded as
+ * [topic][envelope] (copied: the batch is one ZeroMQ buffer). A batch that is not whole
+ * records is dropped whole, like any malformed message; one from a key that may not
+ * publish is refused whole. */
+static void input_batch(input_check_t *c, const ac_frames_t *f)
+{
+    bus_t *self = c->self;
+    const bus_key_t *k = bus_keys_find(self->keys, f->user_id);
+    const uint8_t *topic, *envelope;
+    size_t off = 0, tlen, elen, n = 0;
+    ac_frames_t ev;
+    int rc;
+
+    if (k == NULL || !k->is_service) {
+        char denied[128];
+        self->unauthorised++;
+        snprintf(denied, sizeof(denied), "a batch from %s",
+                 k ? "a key that is not a service key" : "no live key");
+        bus_zap_log_refusal(self->zap, BUS_ZAP_INPUT, f->user_id, "", denied);
+        return;
+    }
+    while ((rc = ac_bus_batch_next(f->data[1], f->len[1], &off, &topic, &tlen, &envelope, &elen)) ==
+           1)
+        n++;
+    if (rc != 0 || n == 0) {
+        self->malformed++;
+        ac_warn("dropped a batch from the input (%zu bytes): %s", f->len[1],
+                n == 0 && rc == 0 ? "no events" : "not whole records");
+        return;
+    }
+    c->batch_events = n;
+    memset(&ev, 0, offsetof(ac_frames_t, len));
+    memcpy(ev.user_id, f->user_id, sizeof(ev.user_id));
+    ev.n = 2;
+    off = 0;
+    while (ac_bus_batch_next(f->data[1], f->len[1], &off, &topic, &tlen, &envelope, &elen) == 1) {
+        const void *data[2] = {topic, envelope};
+        size_t lens[2] = {tlen, elen};
+        ev.data[0] = (uint8_t *)(uintptr_t)topic; /* read only: ac_frames_t is not const */
+        ev.len[0] = tlen;
+        ev.data[1] = (uint8_t *)(uintptr_t)envelope;
+        ev.len[1] = elen;
+        if (!input_event_ok(c, &ev))
+            continue;
+        /* XPUB never blocks: a subscriber whose queue is full misses the event */
+        if (ac_zsock_send(self->output, data, lens, 2) != 0)
+            continue;
+        self->forwarded++;
+        if (self->on_forwarded)
+            self->on_forwarded(self->forwarded_arg, c->source, c->sequence, c->topic);
+    }
+}
+
+/* ac_zsock_forward()'s check: 1 forwards the message as it is (no copy), 0 drops it (a
+ * batch: its events were forwarded one by one). */
+static int input_check(const ac_frames_t *f, void *arg)
+{
+    input_check_t *c = arg;
+    c->batch_events = 0;
+    if (f->n == 2 && f->len[0] == strlen(AC_BUS_BATCH_TOPIC) &&
+        memcmp(f->data[0], AC_BUS_BATCH_TOPIC, f->len[0]) == 0) {
+        input_batch(c, f);
+        return 0;
+    }
+    return input_event_ok(c, f);
+}
+
 static void on_input(ac_zsock_t *s, void *arg)
 {
     bus_t *self = arg;
     input_check_t c;
     c.self = self;
-    for (int i = 0; i < FORWARD_BATCH; i++) {
-        int forwarded = 0;
+    /* FORWARD_BATCH events (a batch message counts its events), then the loop's other
+     * watchers (heartbeats, replay) get their turn */
+    for (size_t done = 0; done < FORWARD_BATCH;) {
+        int forwarded = 0, rc;
+        c.batch_events = 0;
         /* XPUB never blocks: a subscriber whose queue is full misses the message */
-        int rc = ac_zsock_forward(s, self->output, input_check, &c, &forwarded, NULL);
+        rc = ac_zsock_forward(s, self->output, input_check, &c, &forwarded, NULL);
+        done += rc == 0 && c.batch_events > 0 ? c.batch_events : 1;
         if (rc == AC_ERR_AGAIN)
             break;
         if (rc != 0 || !forwarded)

@@ -29,9 +29,11 @@
 
 enum { STMT_POSITION, STMT_BATCH, STMT_PER_SOURCE };
 
+/* The numbers live in outbox_seq (sequence -> id), the rows not numbered yet in
+ * outbox_pending (see common/outbox.c). */
 static const char SQL_POSITION[] = "SELECT s.last_seq, s.published_seq,"
-                                   " coalesce((SELECT min(sequence) FROM %1$s.outbox), 0),"
-                                   " (SELECT count(*) FROM %1$s.outbox WHERE sequence IS NULL)"
+                                   " coalesce((SELECT min(sequence) FROM %1$s.outbox_seq), 0),"
+                                   " (SELECT count(*) FROM %1$s.outbox_pending)"
                                    " FROM %1$s.outbox_state s";
 enum { POS_LAST, POS_PUBLISHED, POS_OLDEST, POS_UNNUMBERED, POS_NCOLS };
 
@@ -42,10 +44,11 @@ enum { POS_LAST, POS_PUBLISHED, POS_OLDEST, POS_UNNUMBERED, POS_NCOLS };
 static const char SQL_BATCH[] =
     "SELECT coalesce(m.last_seq, 0), coalesce(m.oldest, 0), o.sequence, o.topic, o.envelope"
     " FROM (SELECT (SELECT last_seq FROM %1$s.outbox_state) AS last_seq,"
-    "              (SELECT min(sequence) FROM %1$s.outbox) AS oldest) m"
+    "              (SELECT min(sequence) FROM %1$s.outbox_seq) AS oldest) m"
     " LEFT JOIN LATERAL ("
-    "   SELECT sequence, topic, envelope FROM %1$s.outbox"
-    "   WHERE sequence BETWEEN $1::bigint AND least($2::bigint, m.last_seq)"
+    "   SELECT s.sequence, o.topic, o.envelope"
+    "   FROM %1$s.outbox_seq s JOIN %1$s.outbox o ON o.id = s.id"
+    "   WHERE s.sequence BETWEEN $1::bigint AND least($2::bigint, m.last_seq)"
     "     AND starts_with(topic, $3::text)"
     "     AND (cardinality($4::text[]) = 0"
     "          OR EXISTS (SELECT 1 FROM unnest($4::text[]) p WHERE starts_with(topic, p)))"

@@ -67,12 +67,21 @@ static const char SQL_ASSIGN_QUEUE_LIST[] =
 
 static const char SQL_SLA_START[] = "SELECT dispatch.sla_start()";
 
-/* Keyset over the partial indexes sla_clocks_armed and sla_deadlines_armed (the view is
- * their UNION ALL: a merge of two index scans); the first page passes NULL. */
+/* Keyset over the partial indexes sla_clocks_armed and sla_deadlines_armed (what the view
+ * dispatch.sla_armed shows), each read in order up to the page size and the two merged;
+ * the first page passes NULL. */
+#define SLA_AFTER                                                                                  \
+    "(CASE WHEN $1::bigint IS NULL THEN '-infinity'::timestamptz "                                 \
+    "ELSE 'epoch'::timestamptz + $1::bigint * interval '1 microsecond' END, $2::bigint)"
 static const char SQL_SLA_ARMED[] =
-    "SELECT d.id, d.due_at, d.version FROM dispatch.sla_armed d "
-    "WHERE (d.due_at, d.id) > (CASE WHEN $1::bigint IS NULL THEN '-infinity'::timestamptz "
-    "ELSE 'epoch'::timestamptz + $1::bigint * interval '1 microsecond' END, $2::bigint) "
+    "SELECT d.id, d.due_at, d.version FROM ("
+    " (SELECT c.id, c.next_due_at AS due_at, c.version FROM dispatch.sla_clocks c"
+    "   WHERE c.next_due_at IS NOT NULL AND (c.next_due_at, c.id) > " SLA_AFTER
+    "   ORDER BY c.next_due_at, c.id LIMIT $3::int)"
+    " UNION ALL"
+    " (SELECT v.id, v.due_at, v.version FROM dispatch.sla_vendor_deadlines v"
+    "   WHERE v.state = 'pending' AND v.due_at IS NOT NULL AND (v.due_at, v.id) > " SLA_AFTER
+    "   ORDER BY v.due_at, v.id LIMIT $3::int)) d "
     "ORDER BY d.due_at, d.id LIMIT $3::int";
 
 static const char SQL_SLA_ARMED_COUNT[] = "SELECT to_json(count(*)) FROM dispatch.sla_armed";

@@ -149,8 +149,15 @@ psql_super -v step=due -v fire="$FIRE" -v spread="$SPREAD" -v lead="$LEAD" \
     show_log "$WORK/load-due.log"
     die "the due load failed"
 }
-DUE_SQL="FROM dispatch.sla_deadlines d JOIN dispatch.tickets t ON t.id = d.ticket_id
-         WHERE t.product_model = 'BENCH-DUE'"
+# the levels of the benchmark policy's clocks (found by the policy index, not by a scan of
+# every clock's levels)
+DUE_SQL="FROM (SELECT l.e->>'state' AS state,
+                      dispatch.from_epoch_us((l.e->>'due_us')::bigint) AS due_at,
+                      dispatch.from_epoch_us((l.e->>'fired_us')::bigint) AS fired_at
+                 FROM dispatch.sla_clocks c CROSS JOIN LATERAL jsonb_array_elements(c.levels) AS l(e)
+                WHERE c.policy_id = (SELECT p.id FROM dispatch.sla_policies p WHERE p.name = 'bench-due')
+                  AND c.state IN ('running', 'paused')) d
+         WHERE true"
 for ((i = 0; ; i++)); do
     FIRED=$(psql_super -c "SELECT count(*) $DUE_SQL AND d.state = 'fired'")
     ((FIRED >= FIRE)) && break
@@ -165,8 +172,9 @@ read -r P50 P99 PMAX < <(psql_super -F ' ' -c "
       FROM (SELECT extract(epoch FROM d.fired_at - d.due_at) * 1000 AS ms $DUE_SQL) x")
 EARLY=$(psql_super -c "SELECT count(*) $DUE_SQL AND d.fired_at < d.due_at")
 EVENTS=$(psql_super -c "SELECT count(*) FROM dispatch.outbox WHERE topic = 'sla.breached'")
-WRONG=$(psql_super -c "SELECT count(*) FROM dispatch.sla_deadlines d JOIN dispatch.tickets t
-                       ON t.id = d.ticket_id WHERE t.product_model = 'BENCH' AND d.state <> 'pending'")
+WRONG=$(psql_super -c "SELECT count(*) FROM dispatch.sla_clocks c JOIN dispatch.tickets t
+                       ON t.id = c.ticket_id CROSS JOIN LATERAL jsonb_array_elements(c.levels) AS l(e)
+                       WHERE t.product_model = 'BENCH' AND l.e->>'state' <> 'pending'")
 M_P50=$(metric 'aftercare_dispatch_sla_fire_lateness_recent_seconds{quantile="0.5"}')
 M_P99=$(metric 'aftercare_dispatch_sla_fire_lateness_recent_seconds{quantile="0.99"}')
 M_MAX=$(metric 'aftercare_dispatch_sla_fire_lateness_recent_seconds{quantile="1"}')
