@@ -652,9 +652,20 @@ int intake_store_add_follow_enqueue(ac_db_txn_t *t, const char *event_id, const 
     return ac_db_txn_add(t, INTAKE_STMT_FOLLOW_ENQUEUE, values, NULL, NULL);
 }
 
+/* The applier's transaction commits without waiting for its WAL to reach the disk: a
+ * PostgreSQL crash within the WAL writer's delay loses the change together with the
+ * deletion of its inbox row, so it is applied again; its ticket.* event is published only
+ * after the relay's synchronous numbering commit, which flushes the WAL past this one. (A
+ * synchronous commit here held PostgreSQL's NOTIFY lock — the outbox trigger notifies —
+ * through a disk flush, and every other notifying commit queued behind it.) */
 int intake_store_add_follow_take(ac_db_txn_t *t)
 {
-    return ac_db_txn_add(t, INTAKE_STMT_FOLLOW_TAKE, NULL, NULL, NULL);
+    int rc = ac_db_txn_add(t, INTAKE_STMT_FOLLOW_TAKE, NULL, NULL, NULL);
+    /* (second: the take's answer stays the transaction's first result; the setting is
+     * read at COMMIT) */
+    return rc < 0 ? rc
+                  : ac_db_txn_add_sql(t, "SELECT set_config('synchronous_commit', 'off', true)",
+                                      0, NULL, NULL, NULL);
 }
 
 int intake_store_add_follow_done(ac_db_txn_t *t, int64_t id)

@@ -217,6 +217,7 @@ wait "$MEASURE_PID" || {
     die "the subscriber failed"
 }
 RESULT=$(tail -n 1 "$WORK/measure.out")
+STAGES=$(grep '^stage ' "$WORK/measure.err" || true)
 bench_pg_stats
 
 # ---- summary --------------------------------------------------------------------------------------
@@ -242,6 +243,7 @@ cat <<EOF
 
 ==== assignment benchmark (issue 4): $ENGINEERS engineers, $RATE tickets/s for ${DUR}s (+${WARMUP}s warm-up), fsync=$PG_FSYNC synchronous_commit=$PG_SYNC_COMMIT, $(nproc) CPUs
 $RESULT
+$STAGES
 http_created=$HTTP_OK http_errors=$HTTP_ERRORS http_missed=$HTTP_MISSED http_p99_ms=$HTTP_P99 (intake's POST /v1/tickets, open loop)
 dispatch: assignments=${ASSIGNED:-?} batches=${BATCHES:-?} unfilled_alerts=${UNFILLED:-0} still_queued=$QUEUED peak_rss_mb=$DISPATCH_RSS_MB
 target ticket.created -> ticket.assigned p99 < ${TARGET_P99_MS} ms at ${RATE}/s (nothing missing): $VERDICT

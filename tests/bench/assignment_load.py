@@ -145,6 +145,7 @@ def measure(args):
 
     created = {}   # number -> (receipt, envelope time)
     assigned = {}  # number -> receipt
+    stamps = {}    # number -> (assignment created: its batch's start, ticket.assigned time)
     ready = False
     started = time.monotonic()
     poller = zmq.Poller()
@@ -179,7 +180,10 @@ def measure(args):
             if topic == b"ticket.created" and env.source == "aftercare/intake":
                 created.setdefault(env.subject, (now, parse_time(env.time)))
             elif topic == b"ticket.assigned" and env.source == "aftercare/dispatch":
-                assigned.setdefault(env.subject, now)
+                if env.subject not in assigned:
+                    assigned[env.subject] = now
+                    a = env.ticket_assigned.assignment
+                    stamps[env.subject] = (parse_time(a.created_at), parse_time(env.time))
 
     if not created:
         print("measured=0 missing=0")
@@ -199,6 +203,22 @@ def measure(args):
              from_receipt[-1] if from_receipt else float("nan"),
              percentile(from_env, 50), percentile(from_env, 99),
              from_env[-1] if from_env else float("nan")))
+    # where the time goes (stderr; the machines' clocks are one): the subscriber's receipt of
+    # ticket.created -> the assignment batch's start (dispatch's consumer, the queue) ->
+    # ticket.assigned stamped (the batch: take, score, apply) -> its receipt (commit, the
+    # relay, the bus)
+    stages = [[], [], []]
+    for n, c in measured.items():
+        if n in assigned and n in stamps:
+            batch_start, stamped = stamps[n]
+            stages[0].append((batch_start - c[0]) * 1e3)
+            stages[1].append((stamped - batch_start) * 1e3)
+            stages[2].append((assigned[n] - stamped) * 1e3)
+    for name, v in zip(("created->batch", "batch", "stamped->receipt"), stages):
+        v.sort()
+        if v:
+            sys.stderr.write("stage %s p50_ms=%.1f p99_ms=%.1f\n"
+                             % (name, percentile(v, 50), percentile(v, 99)))
     return 0
 
 
