@@ -642,8 +642,9 @@ static json_t *levels_merge(const json_t *ticket, const json_t *clock, const clo
         if (is_kept[j])
             continue;
         json_t *copy = json_copy((json_t *)(uintptr_t)o);
-        if (!copy || (is_state(o, "pending") &&
-                      json_object_set_new(copy, "state", json_string("cancelled")) < 0) ||
+        if (!copy ||
+            (is_state(o, "pending") &&
+             json_object_set_new(copy, "state", json_string("cancelled")) < 0) ||
             json_array_append_new(out, copy) < 0)
             goto fail;
     }
@@ -1644,8 +1645,7 @@ static void on_view(void *arg, int err, const json_t *result)
         goto fail;
     json_array_foreach(json_object_get(ticket, "clocks"), i, clock)
     {
-        json_t *c =
-            render_clock(sla, ticket, body, &tm, clock, at_us);
+        json_t *c = render_clock(sla, ticket, body, &tm, clock, at_us);
         if (!c || json_array_append_new(clocks, c) < 0)
             goto fail;
     }

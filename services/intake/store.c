@@ -664,8 +664,8 @@ int intake_store_add_follow_take(ac_db_txn_t *t)
     /* (second: the take's answer stays the transaction's first result; the setting is
      * read at COMMIT) */
     return rc < 0 ? rc
-                  : ac_db_txn_add_sql(t, "SELECT set_config('synchronous_commit', 'off', true)",
-                                      0, NULL, NULL, NULL);
+                  : ac_db_txn_add_sql(t, "SELECT set_config('synchronous_commit', 'off', true)", 0,
+                                      NULL, NULL, NULL);
 }
 
 int intake_store_add_follow_done(ac_db_txn_t *t, int64_t id)
