@@ -31,12 +31,12 @@ Setup (Debian 12; from a checkout of aftercare, or with the .proto files you wer
   aftercarectl keys create crm --kind subscriber --topics ticket. --out crm.key
 
   PYTHONPATH=gen python3 docs/examples/subscriber.py \
-      --key-file crm.key --server-key "$AC_BUS_SERVER_KEY" \
+      --key-file crm.key --server-key="$AC_BUS_SERVER_KEY" \
       --output tcp://bus.example:5571 --replay tcp://bus.example:5572 \
       --checkpoint crm-events.sqlite --topic ticket.
 
 Options (see --help): --key-file, --server-key (the bus's public key: 40 characters of Z85,
-or @FILE), --output, --replay, --checkpoint, --topic (repeatable), --source (repeatable),
+or @FILE; write --server-key=KEY, as a Z85 key may begin with '-'), --output, --replay, --checkpoint, --topic (repeatable), --source (repeatable),
 --start earliest|latest (where a source without a checkpoint begins), --max-events N and
 --exit-after SECONDS (stop after that many events / seconds; for tests and batch jobs).
 
@@ -126,8 +126,8 @@ def read_key_file(path):
 
 def read_server_key(text):
     """The bus's public key: 40 characters of Z85, or @FILE holding it (alone, or on a
-    'public-key = ...' line)."""
-    if text.startswith("@"):
+    'public-key = ...' line). Z85 has '@' too: 40 characters are always the key itself."""
+    if text.startswith("@") and len(text) != 40:
         path = text[1:]
         try:
             with open(path, encoding="ascii") as f:

@@ -169,7 +169,7 @@ touch "$WORK/gen/aftercare/__init__.py" "$WORK/gen/aftercare/v1/__init__.py"
 
 say "subscribing to the bus output"
 "$PYTHON" "$ROOT/tests/bench/assignment_load.py" measure --endpoint "$BUS_OUT" \
-    --key-file "$WORK/subscriber.key" --server-key "$BUS_PUBLIC" --proto-dir "$WORK/gen" \
+    --key-file "$WORK/subscriber.key" --server-key="$BUS_PUBLIC" --proto-dir "$WORK/gen" \
     --ready-file "$WORK/measure.ready" --warmup "$WARMUP" --grace 10 \
     >"$WORK/measure.out" 2>"$WORK/measure.err" &
 MEASURE_PID=$!

@@ -34,7 +34,8 @@ class Example:
         self.log_path = os.path.join(self.dir, "stderr.log")
         self.argv = [sys.executable, EXAMPLE,
                      "--key-file", stack.keys.path(key),
-                     "--server-key", stack.keys.bus[0],
+                     # (one argument: a Z85 key may begin with '-' or '@')
+                     "--server-key=" + stack.keys.bus[0],
                      "--output", stack.bus.output,
                      "--replay", stack.bus.replay,
                      "--checkpoint", self.checkpoint,
