@@ -101,7 +101,8 @@ int dispatch_assignment_start(dispatch_t *self);
 void dispatch_assignment_stop(dispatch_t *self);
 void dispatch_assignment_on_notify(dispatch_t *self, const char *payload);
 
-/* sla.c: the SLA engine (deadline rows armed on the loop; NOTIFY dispatch_deadlines). */
+/* sla.c: the SLA engine (clocks' next levels and vendor deadlines armed on the loop;
+ * NOTIFY dispatch_deadlines). */
 int dispatch_sla_start(dispatch_t *self);
 void dispatch_sla_stop(dispatch_t *self);
 void dispatch_sla_on_notify(dispatch_t *self, const char *payload);

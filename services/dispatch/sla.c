@@ -10,13 +10,15 @@
  *            (due_at, id) pages of LOAD_PAGE binary rows straight into the deadline set
  *            (deadlines.c: append, then one O(n) heapify), then attaches the set's
  *            ev_periodic to the loop; nothing else arms before the load is done;
- *   compute  NOTIFY dispatch_deadlines (and a sweep every SWEEP_S) reads the clocks marked
+ *   compute  NOTIFY dispatch_deadlines (at most one start per COMPUTE_GAP_S, so that new
+ *            tickets come in batches; and a sweep every SWEEP_S) reads the clocks marked
  *            dirty by the hooks (dispatch.sla_dirty), computes their levels with slaclock.c
  *            (calendar.c) from the status history, merges them with the levels the clock
  *            had (levels_merge: fired ones stay fired), and writes each clock back
  *            (dispatch.sla_save), whose answer it arms or cancels;
- *   sync     the same wake-up takes the queue of changed vendor deadline ids
- *            (dispatch.sla_changes_take) and arms, moves or cancels them in the set;
+ *   sync     NOTIFY dispatch_deadlines 'vendor' (and the sweep) takes the queue of changed
+ *            vendor deadline ids (dispatch.sla_changes_take) and arms, moves or cancels
+ *            them in the set;
  *   fire     when the earliest is due, the set hands the due ones over; batches of up to
  *            FIRE_BATCH go to dispatch.sla_fire (FIRES_IN_FLIGHT at most at a time, the
  *            rest wait here — that is the group commit under load): one transaction fires
@@ -53,6 +55,7 @@
 #define FIRES_IN_FLIGHT 3      /* firing transactions at once (of the pool's 4) */
 #define TICK_S          1.0    /* retries (load, failed sync or computation) */
 #define SWEEP_S         30.0   /* sync and compute without a NOTIFY this often */
+#define COMPUTE_GAP_S   0.05   /* NOTIFYs of dirty clocks start a computation this often */
 #define RETRY_S         1.0    /* a failed firing is retried this much later */
 #define LATENESS_RING   16384  /* recent firings kept for the lateness gauges */
 #define US_PER_S        INT64_C(1000000)
@@ -78,7 +81,9 @@ typedef struct dispatch_sla {
     int refs;       /* dispatch_run_sql() calls that have not returned */
     int is_stopped; /* dispatch_sla_stop() ran: free when refs reaches 0 */
     ev_timer tick;
-    double last_sweep; /* ev_now() of the last unprompted sync/compute */
+    double last_sweep;      /* ev_now() of the last unprompted sync/compute */
+    ev_timer compute_timer; /* compute_soon(): the computation held back */
+    double last_compute;    /* ev_now() of the last computation started */
     /* the start-up load */
     ac_db_txn_t *load_txn;     /* owned while a page is in flight */
     dispatch_deadline_t *page; /* owned: LOAD_PAGE rows */
@@ -110,6 +115,7 @@ typedef struct fire_batch {
 
 static void sync_kick(dispatch_sla_t *sla);
 static void compute_kick(dispatch_sla_t *sla);
+static void compute_soon(dispatch_sla_t *sla);
 static void fire_pump(dispatch_sla_t *sla);
 static void load_start(dispatch_sla_t *sla);
 
@@ -779,6 +785,29 @@ fail:
     sla->is_compute_again = 1; /* the tick retries */
 }
 
+/* A NOTIFY of dirty clocks: computed at once, unless a computation started less than
+ * COMPUTE_GAP_S ago — then when that much has passed, so that a stream of new tickets is
+ * computed in batches of a few dozen rather than one or two a round trip. */
+static void compute_soon(dispatch_sla_t *sla)
+{
+    double wait = sla->last_compute + COMPUTE_GAP_S - ev_now(sla->svc->loop);
+    if (wait <= 0) {
+        compute_kick(sla);
+        return;
+    }
+    if (!ev_is_active(&sla->compute_timer)) {
+        ev_timer_set(&sla->compute_timer, wait, 0.);
+        ev_timer_start(sla->svc->loop, &sla->compute_timer);
+    }
+}
+
+static void on_compute_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    compute_kick(ac_container_of(w, dispatch_sla_t, compute_timer));
+}
+
 static void compute_kick(dispatch_sla_t *sla)
 {
     char limit[16];
@@ -789,6 +818,7 @@ static void compute_kick(dispatch_sla_t *sla)
         return;
     }
     snprintf(limit, sizeof limit, "%d", DIRTY_PAGE);
+    sla->last_compute = ev_now(sla->svc->loop);
     if (sla_call(sla, DISPATCH_STMT_SLA_DIRTY, (const char *[]){limit}, on_dirty, sla) == 0)
         sla->is_computing = 1;
     else
@@ -1050,6 +1080,7 @@ int dispatch_sla_start(dispatch_t *self)
     sla->last_sweep = ev_now(self->loop);
     ev_timer_init(&sla->tick, on_tick, TICK_S, TICK_S);
     ev_timer_start(self->loop, &sla->tick);
+    ev_timer_init(&sla->compute_timer, on_compute_timer, COMPUTE_GAP_S, 0.);
     load_start(sla); /* fails while the pool connects; the NOTIFY connection or tick retries */
     return 0;
 }
@@ -1061,6 +1092,7 @@ void dispatch_sla_stop(dispatch_t *self)
         return;
     self->sla = NULL;
     ev_timer_stop(self->loop, &sla->tick);
+    ev_timer_stop(self->loop, &sla->compute_timer);
     if (sla->set)
         dispatch_deadlines_detach(sla->set);
     ac_db_txn_free(&sla->load_txn);
@@ -1072,15 +1104,19 @@ void dispatch_sla_stop(dispatch_t *self)
 void dispatch_sla_on_notify(dispatch_t *self, const char *payload)
 {
     dispatch_sla_t *sla = self->sla;
-    (void)payload;
     if (!sla)
         return;
     if (!sla->is_loaded) {
         load_start(sla);
         return;
     }
-    sync_kick(sla);
-    compute_kick(sla);
+    /* 'vendor': the change queue has work (010_sla_notify.sql); anything else: clocks
+     * were marked dirty; NULL (the listener reconnected): either may have been missed */
+    int is_vendor = payload && strcmp(payload, "vendor") == 0;
+    if (!payload || is_vendor)
+        sync_kick(sla);
+    if (!is_vendor)
+        compute_soon(sla);
 }
 
 /* --- HTTP: input rules ------------------------------------------------------------------ */
