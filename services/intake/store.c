@@ -245,35 +245,35 @@ int intake_store_add_create_ticket(ac_db_txn_t *t, const intake_create_args_t *a
 /* Writes the PostgreSQL array literal {"v0","v1",NULL,...} of parameter j over the batch. */
 static char *array_literal(intake_create_args_t *const *args, size_t n, size_t j)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f)
+    size_t cap = 3; /* braces and NUL */
+    for (size_t i = 0; i < n; i++) {
+        const char *v = args[i]->v[j];
+        cap += 1 + (v ? 2 + 2 * strlen(v) : 4); /* comma, quotes, every byte escaped */
+    }
+    char *buf = malloc(cap);
+    if (!buf)
         return NULL;
-    fputc('{', f);
+    char *w = buf;
+    *w++ = '{';
     for (size_t i = 0; i < n; i++) {
         const char *v = args[i]->v[j];
         if (i > 0)
-            fputc(',', f);
+            *w++ = ',';
         if (!v) {
-            fputs("NULL", f);
+            memcpy(w, "NULL", 4);
+            w += 4;
             continue;
         }
-        fputc('"', f);
+        *w++ = '"';
         for (const char *p = v; *p; p++) {
             if (*p == '"' || *p == '\\')
-                fputc('\\', f);
-            fputc(*p, f);
+                *w++ = '\\';
+            *w++ = *p;
         }
-        fputc('"', f);
+        *w++ = '"';
     }
-    fputc('}', f);
-    if (ferror(f)) {
-        fclose(f);
-        free(buf);
-        return NULL;
-    }
-    fclose(f);
+    *w++ = '}';
+    *w = '\0';
     return buf;
 }
 

@@ -28,6 +28,7 @@
 #   BENCH_NO_BUILD  1 = use build/release as it is
 #   BENCH_BUILD_DIR another build tree (implies no build; a Debug/ASan build's figures
 #                   mean nothing)
+#   BENCH_PG_STATS  1 = print the statements that took the most database time in (b)
 #   BENCH_KEEP      1 = keep the work directory (logs, pgbench script) for inspection
 #   AC_PG_BIN       PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 #
@@ -189,7 +190,9 @@ if ((WARMUP > 0)); then
 fi
 psql_super -c "CHECKPOINT"
 say "(b) intake closed loop: $CLIENTS clients, ${DUR}s"
+bench_pg_stats_reset
 loadgen "$WORK/closed.log" --duration "$DUR"
+bench_pg_stats
 CLOSED=$(tail -n 1 "$WORK/closed.log")
 say "    $CLOSED"
 INTAKE_TPS=$(kv "$CLOSED" ok_rps)

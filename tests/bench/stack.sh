@@ -168,12 +168,14 @@ bench_start_pg() {
     [[ "$PG_FSYNC" == on && "$PG_SYNC_COMMIT" == on ]] ||
         die "PostgreSQL runs with fsync=$PG_FSYNC synchronous_commit=$PG_SYNC_COMMIT; the benchmark needs both on"
     if [[ -n ${BENCH_PG_LOG_MS:-} ]]; then # diagnosis: log statements slower than this,
-        # with the plans of those (nested ones included) in PostgreSQL's log
+        # with the plans of those (nested ones included) in PostgreSQL's log;
+        # BENCH_PG_LOG_ANALYZE=on: with actual rows and times
         psql_super -c "LOAD 'auto_explain'" \
             -c "ALTER SYSTEM SET log_min_duration_statement = ${BENCH_PG_LOG_MS}" \
             -c "ALTER SYSTEM SET session_preload_libraries = 'auto_explain'" \
             -c "ALTER SYSTEM SET auto_explain.log_min_duration = ${BENCH_PG_LOG_MS}" \
             -c "ALTER SYSTEM SET auto_explain.log_nested_statements = on" \
+            -c "ALTER SYSTEM SET auto_explain.log_analyze = ${BENCH_PG_LOG_ANALYZE:-off}" \
             -c "SELECT pg_reload_conf()" >/dev/null
     fi
     if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then # diagnosis: per-statement totals (bench_pg_stats)
@@ -261,7 +263,7 @@ bench_start_intake() {
     port=$(free_port)
     INTAKE_URL=http://127.0.0.1:$port
     say "starting aftercare-intake on port $port"
-    AC_INTAKE_DB=$AC_INTAKE_DB AC_INTAKE_HTTP_PORT=$port AC_BUS_INPUT=$BUS_IN \
+    AC_INTAKE_DB="$AC_INTAKE_DB${BENCH_INTAKE_DB_EXTRA:-}" AC_INTAKE_HTTP_PORT=$port AC_BUS_INPUT=$BUS_IN \
         AC_BUS_OUTPUT=$BUS_OUT AC_BUS_REPLAY=$BUS_REPLAY AC_BUS_SERVER_KEY=$BUS_PUBLIC \
         AC_INTAKE_KEY_FILE=$WORK/intake.key AC_LOG_LEVEL=warn "$INTAKE_BIN" \
         2>"$WORK/intake.log" &
