@@ -15,9 +15,9 @@
  * own connections, which wake the relay in the process: ac_outbox_wake()).
  *
  * The relay (one per service) is woken by ac_outbox_wake() or that NOTIFY (and polls once
- * a second as a safety net). In one transaction it takes the oldest pending ids, numbers them last_seq+1,
- * last_seq+2, ... (gap-free from 1, kept across restarts) in outbox_seq without touching
- * the outbox rows, commits, then publishes them in order to the bus input, several per
+ * a second as a safety net). In one transaction it takes the oldest pending ids, numbers them
+ * last_seq+1, last_seq+2, ... (gap-free from 1, kept across restarts) in outbox_seq without
+ * touching the outbox rows, commits, then publishes them in order to the bus input, several per
  * ZeroMQ message (ac_bus.h, batches); published_seq records what went out, lagging 2 s
  * behind so that what a killed process's socket still held counts as unsent. After a crash,
  * events after the recorded published_seq are published again first (at-least-once;
