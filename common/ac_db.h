@@ -50,12 +50,6 @@ typedef struct ac_db_config {
     double reconnect_max_s; /* default 5 when 0 */
     size_t max_queue;       /* transactions waiting for a connection; default 10000 */
     const char *name;       /* for logs: "intake", "intake-relay" */
-    /* Run once on every connection after it connects (SET ...); NULL = nothing. */
-    const char *session_sql;
-    /* Called after every transaction (is_transaction) that committed, before its callback:
-     * a service wakes its outbox relay here (ac_outbox_wake()). NULL = nothing. */
-    void (*on_commit)(void *arg);
-    void *commit_arg;
 } ac_db_config_t;
 
 /* Starts connecting at once (asynchronously). cfg and everything it points to must outlive

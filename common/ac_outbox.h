@@ -11,13 +11,12 @@
  * state change:
  *   INSERT INTO <schema>.outbox (event_id, topic, envelope) VALUES ($1, $2, $3)
  * ($3 binary). A statement trigger records the new ids as pending and sends NOTIFY
- * <schema>_outbox, unless the session set aftercare.outbox_notify = off (the service's
- * own connections, which wake the relay in the process: ac_outbox_wake()).
+ * <schema>_outbox.
  *
- * The relay (one per service) is woken by ac_outbox_wake() or that NOTIFY (and polls once
- * a second as a safety net). In one transaction it takes the oldest pending ids, numbers them
- * last_seq+1, last_seq+2, ... (gap-free from 1, kept across restarts) in outbox_seq without
- * touching the outbox rows, commits, then publishes them in order to the bus input, several per
+ * The relay (one per service) is woken by that NOTIFY (and polls once a second as a
+ * safety net). In one transaction it takes the oldest pending ids, numbers them last_seq+1,
+ * last_seq+2, ... (gap-free from 1, kept across restarts) in outbox_seq without touching
+ * the outbox rows, commits, then publishes them in order to the bus input, several per
  * ZeroMQ message (ac_bus.h, batches); published_seq records what went out, lagging 2 s
  * behind so that what a killed process's socket still held counts as unsent. After a crash,
  * events after the recorded published_seq are published again first (at-least-once;
@@ -62,14 +61,6 @@ int ac_outbox_migrate(const char *conninfo, const char *schema, double wait_s) A
 
 ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg);
 void ac_outbox_destroy(ac_outbox_t **self_p);
-/* The service's own writers: set on every connection of the service's pool
- * (ac_db_config_t.session_sql) so that their outbox inserts do not NOTIFY, and call
- * ac_outbox_wake() after each commit (ac_db_config_t.on_commit) instead. A NOTIFY makes
- * PostgreSQL serialise the notifying commits, WAL flush included (migration 004). */
-#define AC_OUTBOX_SESSION_SQL "SET aftercare.outbox_notify = off"
-/* Something may have been committed to the outbox: the relay looks now (coalesced with a
- * look in flight). Safe to call at any rate. */
-void ac_outbox_wake(ac_outbox_t *self);
 /* Last sequence handed to the bus socket (0 before the first). */
 uint64_t ac_outbox_published_seq(const ac_outbox_t *self);
 

@@ -670,7 +670,7 @@ static void conn_setup(db_conn_t *c)
     PQsetNoticeReceiver(c->pg, on_notice, db);
     if (PQsetnonblocking(c->pg, 1) != 0 || !PQenterPipelineMode(c->pg))
         goto lost;
-    if (expect_reserve(c, cfg->nstmts + nlisten + 2) < 0) {
+    if (expect_reserve(c, cfg->nstmts + nlisten + 1) < 0) {
         conn_lost(c, "out of memory");
         return;
     }
@@ -701,8 +701,6 @@ static void conn_setup(db_conn_t *c)
         if (rc < 0)
             goto lost;
     }
-    if (cfg->session_sql && conn_send_internal(c, EXPECT_SETUP, -1, cfg->session_sql) < 0)
-        goto lost;
     if (conn_send_sync(c, SYNC_SETUP) < 0)
         goto lost;
     return;
@@ -781,8 +779,6 @@ static int conn_on_sync(db_conn_t *c, sync_kind_t kind)
     }
     if (t->state != TXN_HELD)
         txn_count(t);
-    if (t->state == TXN_DONE && t->is_transaction && db->cfg->on_commit)
-        db->cfg->on_commit(db->cfg->commit_arg);
     return txn_fire(db, t, err);
 }
 

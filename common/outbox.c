@@ -174,27 +174,11 @@ static const char OUTBOX_V3[] =
     " END IF;"
     " END $g$;";
 
-/* NOTIFY only for writers that ask for it. Every transaction that NOTIFYs takes one
- * database-wide lock from its commit until its end (PostgreSQL queues notifications in
- * commit order), so notifying commits are serialised, WAL flush included: two of a
- * service's transactions could never share a flush. The service's own connections set
- * aftercare.outbox_notify = off (ac_db_config_t.session_sql) and wake their relay in the
- * process after each commit (ac_outbox_wake()); any other writer (an administrator's psql,
- * a tool) still wakes it by NOTIFY, as before. */
-static const char OUTBOX_V4[] =
-    "CREATE OR REPLACE FUNCTION %1$s.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS"
-    " $f$ BEGIN INSERT INTO %1$s.outbox_pending (id) SELECT id FROM new_rows;"
-    " IF coalesce(current_setting('aftercare.outbox_notify', true), '') <> 'off' THEN"
-    "  PERFORM pg_notify('%1$s_outbox', '');"
-    " END IF;"
-    " RETURN NULL; END $f$;";
-
 int ac_outbox_migrate(const char *conninfo, const char *schema, double wait_s)
 {
     char v1[sizeof(OUTBOX_V1) + (size_t)16 * SCHEMA_MAX];
     char v2[sizeof(OUTBOX_V2) + (size_t)4 * SCHEMA_MAX];
     char v3[sizeof(OUTBOX_V3) + (size_t)32 * SCHEMA_MAX];
-    char v4[sizeof(OUTBOX_V4) + (size_t)4 * SCHEMA_MAX];
     if (!schema_is_valid(schema)) {
         ac_error("outbox: invalid schema name \"%s\"", schema);
         return AC_ERR_INVALID;
@@ -202,11 +186,9 @@ int ac_outbox_migrate(const char *conninfo, const char *schema, double wait_s)
     snprintf(v1, sizeof(v1), OUTBOX_V1, schema);
     snprintf(v2, sizeof(v2), OUTBOX_V2, schema);
     snprintf(v3, sizeof(v3), OUTBOX_V3, schema);
-    snprintf(v4, sizeof(v4), OUTBOX_V4, schema);
     const ac_migration_t migrations[] = {{1, "001_outbox", v1},
                                          {2, "002_grant_bus", v2},
                                          {3, "003_numbering_table", v3},
-                                         {4, "004_notify_on_request", v4},
                                          {0, NULL, NULL}};
     return ac_db_migrate(conninfo, schema, "outbox", migrations, wait_s);
 }
@@ -502,12 +484,6 @@ static void on_relay_result(ac_db_txn_t *txn, int err, void *arg)
     if (self->cfg->metrics && nrows > 0)
         ac_metrics_observe(self->cfg->metrics, "outbox_batch_size", NULL, nrows);
     publish_pending(self);
-}
-
-void ac_outbox_wake(ac_outbox_t *self)
-{
-    if (self)
-        relay_kick(self);
 }
 
 static void relay_kick(ac_outbox_t *self)

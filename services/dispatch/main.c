@@ -64,13 +64,6 @@ static const ac_http_route_t *const route_tables[] = {
 
 /* --- glue callbacks ---------------------------------------------------------------------- */
 
-/* Every commit of the pool may have written to the outbox: the relay looks (no NOTIFY). */
-static void on_db_commit(void *arg)
-{
-    dispatch_t *self = arg;
-    ac_outbox_wake(self->outbox);
-}
-
 static void on_db_notify(void *arg, const char *channel, const char *payload)
 {
     dispatch_t *self = arg;
@@ -131,9 +124,6 @@ static int dispatch_setup(dispatch_t *self, struct ev_loop *loop, const dispatch
         .on_notify = on_db_notify,
         .notify_arg = self,
         .name = "dispatch",
-        .session_sql = AC_OUTBOX_SESSION_SQL,
-        .on_commit = on_db_commit,
-        .commit_arg = self,
     };
     if (!(self->db = ac_db_new(loop, &self->db_cfg)))
         return -1;

@@ -53,13 +53,6 @@ static const char *const listen_channels[] = {"ac_auth", "intake_follow", NULL};
 
 /* --- glue callbacks ---------------------------------------------------------------------- */
 
-/* Every commit of the pool may have written to the outbox: the relay looks (no NOTIFY). */
-static void on_db_commit(void *arg)
-{
-    intake_t *self = arg;
-    ac_outbox_wake(self->outbox);
-}
-
 static void on_db_notify(void *arg, const char *channel, const char *payload)
 {
     intake_t *self = arg;
@@ -134,9 +127,6 @@ static int intake_setup(intake_t *self, struct ev_loop *loop, const intake_confi
         .on_notify = on_db_notify,
         .notify_arg = self,
         .name = "intake",
-        .session_sql = AC_OUTBOX_SESSION_SQL,
-        .on_commit = on_db_commit,
-        .commit_arg = self,
     };
     if (!(self->db = ac_db_new(loop, &self->db_cfg)))
         return -1;
