@@ -263,7 +263,7 @@ bench_start_intake() {
     port=$(free_port)
     INTAKE_URL=http://127.0.0.1:$port
     say "starting aftercare-intake on port $port"
-    AC_INTAKE_DB="$AC_INTAKE_DB${BENCH_INTAKE_DB_EXTRA:-}" AC_INTAKE_HTTP_PORT=$port AC_BUS_INPUT=$BUS_IN \
+    AC_INTAKE_DB=$AC_INTAKE_DB AC_INTAKE_HTTP_PORT=$port AC_BUS_INPUT=$BUS_IN \
         AC_BUS_OUTPUT=$BUS_OUT AC_BUS_REPLAY=$BUS_REPLAY AC_BUS_SERVER_KEY=$BUS_PUBLIC \
         AC_INTAKE_KEY_FILE=$WORK/intake.key AC_LOG_LEVEL=warn "$INTAKE_BIN" \
         2>"$WORK/intake.log" &
