@@ -183,14 +183,15 @@ bench_start_pg() {
         { "$ROOT/deploy/pg.sh" stop "$PG_DIR" && "$ROOT/deploy/pg.sh" start "$PG_DIR" "$port"; } \
             >>"$WORK/pg-init.log" 2>&1 || die "PostgreSQL did not restart with pg_stat_statements"
         psql_super -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" \
-            -c "ALTER SYSTEM SET pg_stat_statements.track = 'all'" -c "SELECT pg_reload_conf()" \
-            >/dev/null
+            -c "ALTER SYSTEM SET pg_stat_statements.track = 'all'" \
+            -c "ALTER SYSTEM SET track_functions = 'all'" -c "SELECT pg_reload_conf()" >/dev/null
     fi
 }
 
 # With BENCH_PG_STATS=1: the statements that took the most database time since the last
 # reset, to stderr: those the clients sent (BENCH_PG_STATS_TOPLEVEL=false: the statements
-# inside functions instead).
+# inside functions instead); then the SQL and PL/pgSQL functions by their own time (self_ms:
+# without the functions they called; SQL functions that were inlined do not appear).
 bench_pg_stats() {
     [[ ${BENCH_PG_STATS:-0} == 1 ]] || return 0
     psql_super -P pager=off -c "SELECT round(total_exec_time) AS ms, calls,
@@ -198,10 +199,15 @@ bench_pg_stats() {
             left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
           FROM pg_stat_statements WHERE toplevel = ${BENCH_PG_STATS_TOPLEVEL:-true}
          ORDER BY total_exec_time DESC LIMIT ${BENCH_PG_STATS_TOP:-25}" >&2
+    psql_super -P pager=off -c "SELECT round(self_time) AS self_ms, round(total_time) AS total_ms,
+            calls, round((self_time / nullif(calls, 0))::numeric, 3) AS self_ms_per_call,
+            schemaname || '.' || funcname AS function
+          FROM pg_stat_user_functions
+         ORDER BY self_time DESC LIMIT ${BENCH_PG_STATS_TOP:-25}" >&2
 }
 bench_pg_stats_reset() {
     [[ ${BENCH_PG_STATS:-0} == 1 ]] || return 0
-    psql_super -c "SELECT pg_stat_statements_reset()" >/dev/null
+    psql_super -c "SELECT pg_stat_statements_reset()" -c "SELECT pg_stat_reset()" >/dev/null
 }
 
 ctl() { AC_ADMIN_DB=$AC_ADMIN_DB "$CTL_BIN" "$@"; }
