@@ -7,15 +7,17 @@
  *      routes dispatch's events here by payload type. A handler decides which status the
  *      event asks for (the table below) and queues it in intake.follow_inbox, in the
  *      consumer's transaction (migrations/005_follow.sql).
- *   2. The applier takes the oldest queued change with its ticket locked, checks it
- *      against intake's transition table (validate.c, the same as POST .../transitions),
- *      and in one transaction writes the ticket (version + 1), a status history row by
- *      actor "dispatch" with a reason naming the event, the ticket.* event in
- *      intake.outbox, and deletes the inbox row. A move the table refuses (a visit step
- *      for a cancelled ticket), or one to the status the ticket already has (the same
- *      event twice), deletes the row, logs a line at info and changes nothing else: it
- *      never stalls the stream. A change that keeps failing is set aside after
- *      MAX_ATTEMPTS (failed_at) and the rows behind it go on.
+ *   2. The applier takes the oldest queued changes (up to BATCH_MAX, in the order they
+ *      were queued) with their tickets locked, checks each against intake's transition
+ *      table (validate.c, the same as POST .../transitions) on the ticket as the changes
+ *      before it left it, and in one transaction writes each ticket (version + 1), a
+ *      status history row by actor "dispatch" with a reason naming the event, the
+ *      ticket.* event in intake.outbox, and deletes the inbox rows. A move the table
+ *      refuses (a visit step for a cancelled ticket), or one to the status the ticket
+ *      already has (the same event twice), deletes the row, logs a line at info and
+ *      changes nothing else: it never stalls the stream. When a batch fails, its changes
+ *      are applied again one per transaction; a change that keeps failing alone is set
+ *      aside after MAX_ATTEMPTS (failed_at) and the rows behind it go on.
  *
  *   dispatch event                          status asked for   only from
  *   ticket.assigned (diagnosis assignment)  diagnosing         new, reopened
@@ -38,7 +40,7 @@
  * an event intake acts on (assignment.released is not followed).
  *
  * Owns: the applier (intake_follower_t): its timer, its transaction in flight and the
- * change it holds. */
+ * changes it holds. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,7 +56,8 @@
 #define POLL_S       5.0 /* a look at the inbox without a NOTIFY (missed ones) */
 #define RETRY_MIN_S  0.2 /* after a failure: exponential backoff */
 #define RETRY_MAX_S  30.0
-#define MAX_ATTEMPTS 5 /* failures of one change before it is set aside */
+#define MAX_ATTEMPTS 5   /* failures of one change before it is set aside */
+#define BATCH_MAX    100 /* changes per transaction */
 #define ACTOR        "dispatch"
 
 /* --- 1. the consumer: which status each event asks for ----------------------------------- */
@@ -186,31 +189,38 @@ const ac_consumer_route_t intake_follow_routes[] = {
 
 /* --- 2. the applier ------------------------------------------------------------------------ */
 
+/* What one taken change came to, counted in the metrics once its transaction committed. */
+typedef struct follow_outcome {
+    const char *outcome; /* "applied" | "skipped" */
+    int to;              /* the status it moved to (enum intake_status), when applied */
+} follow_outcome_t;
+
 typedef struct intake_follower {
-    intake_t *intake;     /* borrowed: the owner */
-    ev_timer timer;       /* the next look at the inbox: POLL_S, or a retry's delay */
-    ac_backoff_t backoff; /* retry delays after failures */
-    ac_db_txn_t *txn;     /* owned: the change in flight */
-    json_t *taken;        /* owned: follow_take()'s answer, {"item", "ticket", "now"} */
-    int64_t item_id;      /* the inbox row being applied; 0 = none */
-    const char *outcome;  /* "applied" | "skipped", for the metrics once committed */
-    int to;               /* the status it moves to (enum intake_status) */
-    int is_busy;          /* a transaction is in flight */
-    int is_again;         /* woken while busy: look again when done */
+    intake_t *intake;           /* borrowed: the owner */
+    ev_timer timer;             /* the next look at the inbox: POLL_S, or a retry's delay */
+    ac_backoff_t backoff;       /* retry delays after failures */
+    ac_db_txn_t *txn;           /* owned: the changes in flight */
+    json_t *taken;              /* owned: follow_take()'s answer, {"items", "tickets", "now"} */
+    size_t n;                   /* changes taken (items of `taken`) */
+    int64_t *ids;               /* owned: their inbox rows */
+    follow_outcome_t *outcomes; /* owned: what each came to */
+    int limit;                  /* changes per take: BATCH_MAX, or 1 after a failed batch */
+    int is_busy;                /* a transaction is in flight */
+    int is_again;               /* woken while busy: look again when done */
 } intake_follower_t;
 
 static void kick(intake_follower_t *f);
 
-static const char *item_str(const intake_follower_t *f, const char *key)
+static const char *item_str(const json_t *item, const char *key)
 {
-    const char *s = json_string_value(json_object_get(json_object_get(f->taken, "item"), key));
+    const char *s = json_string_value(json_object_get(item, key));
     return s ? s : "";
 }
 
 /* The item's "only_from" (a JSON array; null: any) lets `from` go. */
-static int is_from_allowed(const intake_follower_t *f, int from)
+static int is_from_allowed(const json_t *item, int from)
 {
-    const json_t *only = json_object_get(json_object_get(f->taken, "item"), "only_from");
+    const json_t *only = json_object_get(item, "only_from");
     const json_t *s;
     size_t i;
     if (!json_is_array(only))
@@ -230,13 +240,17 @@ static void count(intake_follower_t *f, const char *outcome)
     ac_metrics_add(f->intake->metrics, "follow_changes_total", labels, 1);
 }
 
-/* Ends the transaction (rolled back unless committed) and the change. */
+/* Ends the transaction (rolled back unless committed) and the changes taken. */
 static void finish(intake_follower_t *f)
 {
     ac_db_txn_free(&f->txn);
     json_decref(f->taken);
     f->taken = NULL;
-    f->item_id = 0;
+    free(f->ids);
+    f->ids = NULL;
+    free(f->outcomes);
+    f->outcomes = NULL;
+    f->n = 0;
     f->is_busy = 0;
 }
 
@@ -250,18 +264,30 @@ static void retry_later(intake_follower_t *f)
     ev_timer_start(f->intake->loop, &f->timer);
 }
 
+/* A batch failed: the same changes again at once, one per transaction, so that the one
+ * that fails is found and counted against (record_failure()) without holding up the
+ * others. Back to batches after the first single change commits. */
+static void retry_one_by_one(intake_follower_t *f, const char *why)
+{
+    ac_warn("follow: a batch of %zu changes failed (%s); applying them one by one", f->n, why);
+    finish(f);
+    f->limit = 1;
+    kick(f);
+}
+
 static void on_failure_recorded(ac_db_txn_t *txn, int err, void *arg)
 {
     intake_follower_t *f = arg;
+    const json_t *item = json_array_get(json_object_get(f->taken, "items"), 0);
     json_t *doc = NULL;
     if (err == 0 && ac_db_doc_result(txn, 0, &doc) == 0) {
         json_int_t attempts = json_integer_value(json_object_get(doc, "attempts"));
         if (json_is_true(json_object_get(doc, "is_given_up"))) {
-            ac_log_at(AC_LOG_ERROR, item_str(f, "ticket_number"), item_str(f, "event_id"),
+            ac_log_at(AC_LOG_ERROR, item_str(item, "ticket_number"), item_str(item, "event_id"),
                       "follow: %s -> %s failed %" JSON_INTEGER_FORMAT
                       " times: set aside (intake.follow_inbox id %" PRId64
                       ", failed_at); the changes behind it go on",
-                      item_str(f, "topic"), item_str(f, "to_status"), attempts, f->item_id);
+                      item_str(item, "topic"), item_str(item, "to_status"), attempts, f->ids[0]);
             count(f, "failed");
             ac_backoff_reset(&f->backoff);
         }
@@ -270,14 +296,16 @@ static void on_failure_recorded(ac_db_txn_t *txn, int err, void *arg)
     retry_later(f);
 }
 
-/* The change failed for a reason that may not go away: one more attempt on its row. */
+/* A single change failed for a reason that may not go away: one more attempt on its row. */
 static void record_failure(intake_follower_t *f, const char *why)
 {
-    ac_log_at(AC_LOG_WARN, item_str(f, "ticket_number"), item_str(f, "event_id"),
-              "follow: %s -> %s failed: %s", item_str(f, "topic"), item_str(f, "to_status"), why);
+    const json_t *item = json_array_get(json_object_get(f->taken, "items"), 0);
+    ac_log_at(AC_LOG_WARN, item_str(item, "ticket_number"), item_str(item, "event_id"),
+              "follow: %s -> %s failed: %s", item_str(item, "topic"), item_str(item, "to_status"),
+              why);
     ac_db_txn_free(&f->txn);
     if (f->intake->is_closed || !(f->txn = ac_db_txn_new(f->intake->db, 1)) ||
-        intake_store_add_follow_failed(f->txn, f->item_id, why, MAX_ATTEMPTS) < 0 ||
+        intake_store_add_follow_failed(f->txn, f->ids[0], why, MAX_ATTEMPTS) < 0 ||
         ac_db_txn_commit(f->txn, on_failure_recorded, f) < 0)
         retry_later(f);
 }
@@ -295,30 +323,37 @@ static void on_committed(ac_db_txn_t *txn, int err, void *arg)
         char why[300];
         snprintf(why, sizeof why, "SQLSTATE %s: %s", ac_db_txn_sqlstate(txn),
                  ac_db_txn_errmsg(txn));
-        record_failure(f, why);
+        if (f->n > 1)
+            retry_one_by_one(f, why);
+        else
+            record_failure(f, why);
         return;
     }
-    if (err < 0) { /* the database is away: the row is still there */
-        ac_warn("follow: applying a change failed (%s); retrying", ac_strerror(err));
+    if (err < 0) { /* the database is away: the rows are still there */
+        ac_warn("follow: applying %zu changes failed (%s); retrying", f->n, ac_strerror(err));
         retry_later(f);
         return;
     }
-    count(f, f->outcome);
-    if (strcmp(f->outcome, "applied") == 0) {
-        char labels[64];
-        snprintf(labels, sizeof labels, "to=\"%s\"", intake_status_names[f->to]);
-        ac_metrics_add(f->intake->metrics, "ticket_transitions_total", labels, 1);
+    for (size_t i = 0; i < f->n; i++) {
+        count(f, f->outcomes[i].outcome);
+        if (strcmp(f->outcomes[i].outcome, "applied") == 0) {
+            char labels[64];
+            snprintf(labels, sizeof labels, "to=\"%s\"", intake_status_names[f->outcomes[i].to]);
+            ac_metrics_add(f->intake->metrics, "ticket_transitions_total", labels, 1);
+        }
     }
     ac_backoff_reset(&f->backoff);
+    f->limit = BATCH_MAX;
     finish(f);
-    kick(f); /* the next one */
+    kick(f); /* the next ones */
 }
 
 /* The ticket document after the move from -> to at `now`, its row, history and event. */
-static int add_status_change(intake_follower_t *f, json_t *doc, int from, int to, const char *now)
+static int add_status_change(intake_follower_t *f, const json_t *item, json_t *doc, int from,
+                             int to, const char *now)
 {
-    const char *reason = item_str(f, "reason");
-    const char *corr = item_str(f, "correlation_id");
+    const char *reason = item_str(item, "reason");
+    const char *corr = item_str(item, "correlation_id");
     json_int_t version = json_integer_value(json_object_get(doc, "version"));
     char event_id[AC_UUID_STRLEN];
     uint8_t *buf;
@@ -342,7 +377,7 @@ static int add_status_change(intake_follower_t *f, json_t *doc, int from, int to
     intake_event_t ev = {
         .kind = intake_event_kind_for_status(to),
         .ticket = doc,
-        .correlation_id = corr[0] ? corr : item_str(f, "event_id"),
+        .correlation_id = corr[0] ? corr : item_str(item, "event_id"),
         .from_status = from,
         .to_status = to,
         .reason = reason,
@@ -361,12 +396,63 @@ static int add_status_change(intake_follower_t *f, json_t *doc, int from, int to
     return rc;
 }
 
+/* Decides change i (the ticket's document as the changes before it in the batch left it)
+ * and adds its writes; < 0 when they could not be added. */
+static int apply_one(intake_follower_t *f, size_t i, const char *now)
+{
+    const json_t *item = json_array_get(json_object_get(f->taken, "items"), i);
+    const char *number = item_str(item, "ticket_number");
+    const char *event_id = item_str(item, "event_id");
+    const char *topic = item_str(item, "topic");
+    const char *to_name = item_str(item, "to_status");
+    json_t *doc =
+        json_object_get(json_object_get(f->taken, "tickets"), item_str(item, "ticket_id"));
+    int to = INTAKE_ENUM_PARSE(intake_status_names, to_name);
+    int from =
+        INTAKE_ENUM_PARSE(intake_status_names, json_string_value(json_object_get(doc, "status")));
+    int rc;
+
+    f->ids[i] = (int64_t)json_integer_value(json_object_get(item, "id"));
+    f->outcomes[i].outcome = "skipped";
+    if (!json_is_object(doc)) {
+        ac_log_at(AC_LOG_WARN, number, event_id,
+                  "follow: %s for a ticket intake does not have: "
+                  "skipped",
+                  topic);
+    } else if (!to || !from) {
+        ac_log_at(AC_LOG_WARN, number, event_id,
+                  "follow: %s asks for status \"%s\" from \"%s\": "
+                  "skipped",
+                  topic, to_name, from ? intake_status_names[from] : "?");
+    } else if (from == to) {
+        ac_log_at(AC_LOG_INFO, number, event_id, "follow: %s: the ticket is %s already", topic,
+                  to_name);
+    } else if (!is_from_allowed(item, from)) {
+        ac_log_at(AC_LOG_INFO, number, event_id,
+                  "follow: %s: the ticket is %s and this event moves it to %s only from "
+                  "another status: skipped",
+                  topic, intake_status_names[from], to_name);
+    } else if (!intake_transition_allowed(from, to)) {
+        ac_log_at(AC_LOG_INFO, number, event_id,
+                  "follow: %s: the ticket is %s and cannot move to %s: skipped", topic,
+                  intake_status_names[from], to_name);
+    } else {
+        if ((rc = add_status_change(f, item, doc, from, to, now)) < 0)
+            return rc;
+        f->outcomes[i].outcome = "applied";
+        f->outcomes[i].to = to;
+        ac_log_at(AC_LOG_INFO, number, event_id, "follow: %s: %s -> %s", topic,
+                  intake_status_names[from], to_name);
+    }
+    return 0;
+}
+
 static void on_taken(ac_db_txn_t *txn, int err, void *arg)
 {
     intake_follower_t *f = arg;
-    json_t *doc;
-    const char *number, *event_id, *topic, *to_name;
-    int rc, from, to;
+    const json_t *items;
+    const char *now;
+    int rc;
 
     if (err < 0) {
         ac_warn("follow: reading the queued changes failed (%s%s%s); retrying", ac_strerror(err),
@@ -383,63 +469,37 @@ static void on_taken(ac_db_txn_t *txn, int err, void *arg)
         }
         return;
     }
-    if (rc < 0) {
+    items = json_object_get(f->taken, "items");
+    f->n = json_array_size(items);
+    if (rc < 0 || f->n == 0 || !json_is_object(json_object_get(f->taken, "tickets"))) {
         ac_warn("follow: unexpected answer from intake.follow_take(); retrying");
         retry_later(f);
         return;
     }
-    f->item_id =
-        (int64_t)json_integer_value(json_object_get(json_object_get(f->taken, "item"), "id"));
-    number = item_str(f, "ticket_number");
-    event_id = item_str(f, "event_id");
-    topic = item_str(f, "topic");
-    to_name = item_str(f, "to_status");
-    doc = json_object_get(f->taken, "ticket");
-    to = INTAKE_ENUM_PARSE(intake_status_names, to_name);
-    from =
-        INTAKE_ENUM_PARSE(intake_status_names, json_string_value(json_object_get(doc, "status")));
-    f->outcome = "skipped";
-
-    if (!json_is_object(doc)) {
-        ac_log_at(AC_LOG_WARN, number, event_id,
-                  "follow: %s for a ticket intake does not have: "
-                  "skipped",
-                  topic);
-    } else if (!to || !from) {
-        ac_log_at(AC_LOG_WARN, number, event_id,
-                  "follow: %s asks for status \"%s\" from \"%s\": "
-                  "skipped",
-                  topic, to_name, from ? intake_status_names[from] : "?");
-    } else if (from == to) {
-        ac_log_at(AC_LOG_INFO, number, event_id, "follow: %s: the ticket is %s already", topic,
-                  to_name);
-    } else if (!is_from_allowed(f, from)) {
-        ac_log_at(AC_LOG_INFO, number, event_id,
-                  "follow: %s: the ticket is %s and this event moves it to %s only from "
-                  "another status: skipped",
-                  topic, intake_status_names[from], to_name);
-    } else if (!intake_transition_allowed(from, to)) {
-        ac_log_at(AC_LOG_INFO, number, event_id,
-                  "follow: %s: the ticket is %s and cannot move to %s: skipped", topic,
-                  intake_status_names[from], to_name);
-    } else {
-        const char *now = json_string_value(json_object_get(f->taken, "now"));
-        rc = add_status_change(f, doc, from, to, now ? now : "");
-        if (rc < 0) {
-            record_failure(f, rc == AC_ERR_NOMEM ? "out of memory" : "the event does not pack");
+    f->ids = calloc(f->n, sizeof *f->ids);
+    f->outcomes = calloc(f->n, sizeof *f->outcomes);
+    if (!f->ids || !f->outcomes) {
+        ac_warn("follow: out of memory; retrying");
+        retry_later(f);
+        return;
+    }
+    now = json_string_value(json_object_get(f->taken, "now"));
+    for (size_t i = 0; i < f->n; i++) {
+        if ((rc = apply_one(f, i, now ? now : "")) < 0) {
+            const char *why = rc == AC_ERR_NOMEM ? "out of memory" : "the event does not pack";
+            if (f->n > 1)
+                retry_one_by_one(f, why);
+            else
+                record_failure(f, why);
             return;
         }
-        f->outcome = "applied";
-        f->to = to;
-        ac_log_at(AC_LOG_INFO, number, event_id, "follow: %s: %s -> %s", topic,
-                  intake_status_names[from], to_name);
     }
-    if (intake_store_add_follow_done(f->txn, f->item_id) < 0 ||
+    if (intake_store_add_follow_done(f->txn, f->ids, f->n) < 0 ||
         ac_db_txn_commit(f->txn, on_committed, f) < 0)
         retry_later(f);
 }
 
-/* Takes the next change, unless one is in flight (then once more after it). */
+/* Takes the next changes, unless some are in flight (then once more after them). */
 static void kick(intake_follower_t *f)
 {
     intake_t *self = f->intake;
@@ -449,7 +509,8 @@ static void kick(intake_follower_t *f)
         f->is_again = 1;
         return;
     }
-    if (!(f->txn = ac_db_txn_new(self->db, 1)) || intake_store_add_follow_take(f->txn) < 0 ||
+    if (!(f->txn = ac_db_txn_new(self->db, 1)) ||
+        intake_store_add_follow_take(f->txn, f->limit) < 0 ||
         ac_db_txn_flush(f->txn, on_taken, f) < 0) {
         retry_later(f); /* no connection yet: the timer comes back */
         return;
@@ -473,6 +534,7 @@ int intake_follow_start(intake_t *self)
         return -1;
     }
     f->intake = self;
+    f->limit = BATCH_MAX;
     ac_backoff_init(&f->backoff, RETRY_MIN_S, RETRY_MAX_S);
     (void)ac_metrics_declare(self->metrics, "follow_changes_total", AC_METRIC_COUNTER,
                              "Ticket status changes asked for by followed events, by outcome "
@@ -492,7 +554,7 @@ void intake_follow_stop(intake_t *self)
         return;
     if (self->loop)
         ev_timer_stop(self->loop, &f->timer);
-    finish(f); /* a change in flight rolls back; its row stays queued */
+    finish(f); /* changes in flight roll back; their rows stay queued */
     free(f);
     self->follower = NULL;
 }

@@ -123,9 +123,10 @@ static const char SQL_FOLLOW_ENQUEUE[] =
     "SELECT intake.follow_enqueue($1::uuid, $2::text, $3::text, $4::uuid, $5::text, $6::text, "
     "$7::text[], $8::text, $9::text)";
 
-static const char SQL_FOLLOW_TAKE[] = "SELECT intake.follow_take()";
+static const char SQL_FOLLOW_TAKE[] = "SELECT intake.follow_take($1::int)";
 
-static const char SQL_FOLLOW_DONE[] = "DELETE FROM intake.follow_inbox WHERE id = $1::bigint";
+static const char SQL_FOLLOW_DONE[] =
+    "DELETE FROM intake.follow_inbox WHERE id = ANY ($1::bigint[])";
 
 static const char SQL_FOLLOW_FAILED[] =
     "SELECT intake.follow_failed($1::bigint, $2::text, $3::int)";
@@ -149,7 +150,7 @@ const ac_db_stmt_t intake_stmts[INTAKE_STMT__COUNT] = {
     [INTAKE_STMT_POLICY_PUT] = {SQL_POLICY_PUT, 3},
     [INTAKE_STMT_POLICY_LIST] = {SQL_POLICY_LIST, 0},
     [INTAKE_STMT_FOLLOW_ENQUEUE] = {SQL_FOLLOW_ENQUEUE, 9},
-    [INTAKE_STMT_FOLLOW_TAKE] = {SQL_FOLLOW_TAKE, 0},
+    [INTAKE_STMT_FOLLOW_TAKE] = {SQL_FOLLOW_TAKE, 1},
     [INTAKE_STMT_FOLLOW_DONE] = {SQL_FOLLOW_DONE, 1},
     [INTAKE_STMT_FOLLOW_FAILED] = {SQL_FOLLOW_FAILED, 3},
 };
@@ -658,9 +659,12 @@ int intake_store_add_follow_enqueue(ac_db_txn_t *t, const char *event_id, const 
  * after the relay's synchronous numbering commit, which flushes the WAL past this one. (A
  * synchronous commit here held PostgreSQL's NOTIFY lock — the outbox trigger notifies —
  * through a disk flush, and every other notifying commit queued behind it.) */
-int intake_store_add_follow_take(ac_db_txn_t *t)
+int intake_store_add_follow_take(ac_db_txn_t *t, int limit)
 {
-    int rc = ac_db_txn_add(t, INTAKE_STMT_FOLLOW_TAKE, NULL, NULL, NULL);
+    char limit_s[16];
+    snprintf(limit_s, sizeof limit_s, "%d", limit);
+    const char *values[1] = {limit_s};
+    int rc = ac_db_txn_add(t, INTAKE_STMT_FOLLOW_TAKE, values, NULL, NULL);
     /* (second: the take's answer stays the transaction's first result; the setting is
      * read at COMMIT) */
     return rc < 0 ? rc
@@ -668,12 +672,21 @@ int intake_store_add_follow_take(ac_db_txn_t *t)
                                       NULL, NULL, NULL);
 }
 
-int intake_store_add_follow_done(ac_db_txn_t *t, int64_t id)
+int intake_store_add_follow_done(ac_db_txn_t *t, const int64_t *ids, size_t n)
 {
-    char id_s[24];
-    snprintf(id_s, sizeof id_s, "%" PRId64, id);
-    const char *values[1] = {id_s};
-    return ac_db_txn_add(t, INTAKE_STMT_FOLLOW_DONE, values, NULL, NULL);
+    size_t cap = 3 + n * 21; /* braces, NUL; per id: up to 20 characters and a comma */
+    char *list = malloc(cap), *w = list;
+    int rc;
+    if (!list)
+        return AC_ERR_NOMEM;
+    *w++ = '{';
+    for (size_t i = 0; i < n; i++)
+        w += snprintf(w, cap - (size_t)(w - list), "%s%" PRId64, i ? "," : "", ids[i]);
+    snprintf(w, cap - (size_t)(w - list), "}");
+    const char *values[1] = {list};
+    rc = ac_db_txn_add(t, INTAKE_STMT_FOLLOW_DONE, values, NULL, NULL);
+    free(list);
+    return rc;
 }
 
 int intake_store_add_follow_failed(ac_db_txn_t *t, int64_t id, const char *error, int max_attempts)

@@ -143,11 +143,12 @@ int intake_store_add_follow_enqueue(ac_db_txn_t *t, const char *event_id, const 
                                     const char *ticket_number, const char *to_status,
                                     const char *only_from, const char *reason,
                                     const char *correlation_id) AC_WUR;
-/* intake.follow_take(): the oldest pending change with its ticket locked; read it with
- * ac_db_doc_result() ({"item", "ticket", "now"}; AC_ERR_NOTFOUND: nothing to do). */
-int intake_store_add_follow_take(ac_db_txn_t *t) AC_WUR;
-/* The change is done (applied or skipped): its row goes. */
-int intake_store_add_follow_done(ac_db_txn_t *t, int64_t id) AC_WUR;
+/* intake.follow_take() (migrations/006_follow_batch.sql): the oldest pending changes, at
+ * most `limit`, with their tickets locked; read it with ac_db_doc_result() ({"items",
+ * "tickets", "now"}; AC_ERR_NOTFOUND: nothing to do). */
+int intake_store_add_follow_take(ac_db_txn_t *t, int limit) AC_WUR;
+/* The changes are done (applied or skipped): their rows go. */
+int intake_store_add_follow_done(ac_db_txn_t *t, const int64_t *ids, size_t n) AC_WUR;
 /* intake.follow_failed(): one more failed try; set aside after max_attempts. Read with
  * ac_db_doc_result() ({"attempts", "is_given_up"}). */
 int intake_store_add_follow_failed(ac_db_txn_t *t, int64_t id, const char *error,

@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import signal
 import time
+import uuid
 
 import pytest
 
@@ -703,6 +704,40 @@ def test_same_status_twice_changes_nothing(wstack, eng, fe):
     again = intake_ticket(wstack, t["number"])
     assert again["version"] == first["version"]
     assert dispatch_history(again) == dispatch_history(first)
+
+
+def test_changes_queued_together_apply_in_order(wstack, eng, fe):
+    """Changes queued in one transaction reach the applier together: each is checked
+    against its ticket as the change before it left it — two moves of one ticket both land,
+    in order, and a third asking for the status the ticket then has changes nothing — and
+    every applied change is one new version, one history row and one event."""
+    a, _ = record_at(wstack, fe, eng, "started")
+    b, _ = record_at(wstack, fe, eng, "arrived")
+    a0, b0 = wait_status(wstack, a["number"], "in_progress"), wait_status(wstack, b["number"],
+                                                                          "planned")
+    db = wstack.db
+    events0 = db.scalar("SELECT count(*) FROM intake.outbox")
+    changes = [(a, "visit.paused", "waiting_parts", "visit.paused: batch one"),
+               (b, "visit.started", "in_progress", "visit.started: batch two"),
+               (a, "visit.resumed", "in_progress", "visit.resumed: batch three"),
+               (a, "visit.started", "in_progress", "visit.started: batch four")]
+    sql = "; ".join("SELECT intake.follow_enqueue(%s, 'aftercare/dispatch', %s, %s, %s, %s, "
+                    "NULL, %s, '')" for _ in changes)
+    params = []
+    for t, topic, to, reason in changes:
+        params += [str(uuid.uuid4()), topic, t["id"], t["number"], to, reason]
+    db.rows(sql, params)  # one implicit transaction: one NOTIFY, one take
+    wait_until(lambda: db.scalar("SELECT count(*) FROM intake.follow_inbox") == 0, 15, 0.05,
+               "the applier to take the four changes")
+    a1, b1 = intake_ticket(wstack, a["number"]), intake_ticket(wstack, b["number"])
+    assert a1["status"] == "in_progress" and a1["version"] == a0["version"] + 2
+    assert dispatch_history(a1)[-2:] == [
+        ("in_progress", "waiting_parts", "visit.paused: batch one"),
+        ("waiting_parts", "in_progress", "visit.resumed: batch three")]
+    assert b1["status"] == "in_progress" and b1["version"] == b0["version"] + 1
+    assert dispatch_history(b1)[-1] == ("planned", "in_progress", "visit.started: batch two")
+    assert db.scalar("SELECT count(*) FROM intake.outbox") == events0 + 3
+    assert "visit.started: the ticket is in_progress already" in wstack.intake.log_text()
 
 
 def test_intake_catches_up_after_kill(wstack, eng, fe):
