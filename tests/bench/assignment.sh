@@ -210,8 +210,10 @@ for ((i = 0; i < ${#BODIES[@]}; i++)); do
     HTTP_MISSED=$((HTTP_MISSED + $(kv "$line" missed)))
     HTTP_P99=$(awk -v a="$HTTP_P99" -v b="$(kv "$line" p99_ms)" 'BEGIN { print (b > a ? b : a) }')
 done
-# intake's follow applier (ticket.assigned -> diagnosing): the changes still queued
+# what the background work still had to do when the load stopped: intake's follow
+# applier (ticket.assigned -> diagnosing), the SLA engine (new clocks to compute)
 FOLLOW_BACKLOG=$(psql_super -c "SELECT count(*) FROM intake.follow_inbox")
+SLA_BACKLOG=$(psql_super -c "SELECT count(*) FROM dispatch.sla_clocks WHERE gen <> computed_gen")
 say "load done: $HTTP_OK tickets created (errors $HTTP_ERRORS, missed $HTTP_MISSED); waiting for the last assignments"
 kill -USR1 "$MEASURE_PID"
 wait "$MEASURE_PID" || {
@@ -247,7 +249,7 @@ cat <<EOF
 $RESULT
 $STAGES
 http_created=$HTTP_OK http_errors=$HTTP_ERRORS http_missed=$HTTP_MISSED http_p99_ms=$HTTP_P99 (intake's POST /v1/tickets, open loop)
-intake follow: backlog_at_load_end=$FOLLOW_BACKLOG (dispatch events not yet applied to intake's tickets)
+backlog at the end of the load: intake_follow=$FOLLOW_BACKLOG (dispatch events not yet applied to intake's tickets) sla_clocks=$SLA_BACKLOG (clocks not yet computed)
 dispatch: assignments=${ASSIGNED:-?} batches=${BATCHES:-?} unfilled_alerts=${UNFILLED:-0} still_queued=$QUEUED peak_rss_mb=$DISPATCH_RSS_MB
 target ticket.created -> ticket.assigned p99 < ${TARGET_P99_MS} ms at ${RATE}/s (nothing missing): $VERDICT
 EOF
