@@ -113,6 +113,12 @@ typedef struct ac_consumer_config {
     struct ac_db *db;   /* borrowed pool; NULL = memory mode */
     const char *schema; /* where consumer_checkpoints lives: "intake" */
     int batch_max;      /* events per transaction; default 64 */
+    /* optional, for handlers that apply a transaction's events with one statement: called
+     * before the first event of a transaction is handed over (forget what a batch that
+     * did not commit left), and after the last one, before the checkpoint moves (add the
+     * statement; non-zero: the batch is retried later, as for a handler's error) */
+    void (*on_batch_begin)(void *arg);
+    int (*on_batch_end)(struct ac_db_txn *txn, void *arg);
 
     /* memory mode: where each source starts; a followed source without an entry starts
      * at the first live event or heartbeat seen (no initial replay) */

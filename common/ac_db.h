@@ -111,6 +111,16 @@ struct pg_result *ac_db_txn_result(const ac_db_txn_t *t, int i);
 const char *ac_db_txn_sqlstate(const ac_db_txn_t *t); /* "" when none */
 const char *ac_db_txn_errmsg(const ac_db_txn_t *t);   /* "" when none */
 
+/* The PostgreSQL array literal {"v0","v1",NULL,...} of n text values (NULL: SQL NULL),
+ * quoted and escaped: one parameter ($1::text[], ::uuid[], ::bigint[], ...) for a
+ * set-based statement over many rows. The caller frees it; NULL when out of memory. */
+char *ac_db_array_literal(const char *const *values, size_t n);
+/* Queue prepared statement `stmt` over many rows at once: its parameter j is the array
+ * literal of column j of `cells`, a row-major nrows x ncols table of text values (NULL:
+ * SQL NULL); the statement takes ncols parameters. */
+int ac_db_txn_add_columns(ac_db_txn_t *t, int stmt, const char *const *cells, size_t nrows,
+                          size_t ncols) AC_WUR;
+
 /* --- reading results as JSON (db_json.c; for the services' store.c) -------------------
  * Results are those of ac_db_txn_result(): borrowed until the next flush/commit/free. */
 /* The i-th result when it returned rows (PGRES_TUPLES_OK); NULL otherwise. */

@@ -700,6 +700,8 @@ static void start_batch(ac_consumer_t *c, csource_t *s)
     }
     c->txn_source = s;
     c->nbatch = 0;
+    if (c->cfg->on_batch_begin)
+        c->cfg->on_batch_begin(c->cfg->arg);
     while (rc == 0 && c->nbatch < max && (e = ac_seq_pop(s->seq, &seq)) != NULL) {
         ac_consumer_fn fn;
         c->batch[c->nbatch++] = e;
@@ -734,6 +736,8 @@ static void start_batch(ac_consumer_t *c, csource_t *s)
                       c->name, e->topic, (unsigned long long)seq, ac_strerror(rc));
         }
     }
+    if (rc == 0 && c->cfg->on_batch_end)
+        rc = c->cfg->on_batch_end(c->txn, c->cfg->arg);
     c->txn_last = c->nbatch > 0 ? c->batch[c->nbatch - 1]->sequence : ac_seq_next(s->seq) - 1;
     if (rc == 0 && c->txn_last > s->committed) {
         snprintf(prev, sizeof(prev), "%llu", (unsigned long long)s->committed);

@@ -1259,6 +1259,61 @@ const char *ac_db_txn_errmsg(const ac_db_txn_t *t)
     return t && t->errmsg ? t->errmsg : "";
 }
 
+/* --- parameters ------------------------------------------------------------------------ */
+
+char *ac_db_array_literal(const char *const *values, size_t n)
+{
+    size_t cap = 3; /* braces and NUL */
+    for (size_t i = 0; i < n; i++)
+        cap += 1 + (values[i] ? 2 + 2 * strlen(values[i]) : 4); /* comma, quotes, escapes */
+    char *buf = malloc(cap);
+    if (!buf)
+        return NULL;
+    char *w = buf;
+    *w++ = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            *w++ = ',';
+        if (!values[i]) {
+            memcpy(w, "NULL", 4);
+            w += 4;
+            continue;
+        }
+        *w++ = '"';
+        for (const char *p = values[i]; *p; p++) {
+            if (*p == '"' || *p == '\\')
+                *w++ = '\\';
+            *w++ = *p;
+        }
+        *w++ = '"';
+    }
+    *w++ = '}';
+    *w = '\0';
+    return buf;
+}
+
+int ac_db_txn_add_columns(ac_db_txn_t *t, int stmt, const char *const *cells, size_t nrows,
+                          size_t ncols)
+{
+    char **arrays = calloc(ncols ? ncols : 1, sizeof *arrays);
+    const char **column = malloc((nrows ? nrows : 1) * sizeof *column);
+    int rc = arrays && column ? 0 : AC_ERR_NOMEM;
+
+    for (size_t j = 0; rc == 0 && j < ncols; j++) {
+        for (size_t i = 0; i < nrows; i++)
+            column[i] = cells[i * ncols + j];
+        if (!(arrays[j] = ac_db_array_literal(column, nrows)))
+            rc = AC_ERR_NOMEM;
+    }
+    if (rc == 0)
+        rc = ac_db_txn_add(t, stmt, (const char *const *)arrays, NULL, NULL);
+    for (size_t j = 0; arrays && j < ncols; j++)
+        free(arrays[j]);
+    free(arrays);
+    free(column);
+    return rc;
+}
+
 /* --- migrations ------------------------------------------------------------------------ */
 
 static PGconn *migrate_connect(const char *conninfo, double wait_s)

@@ -60,17 +60,18 @@ typedef struct dispatch_config {
 typedef ac_op_t dispatch_op_t;
 
 typedef struct dispatch {
-    struct ev_loop *loop;               /* borrowed from main() */
-    const dispatch_config_t *cfg;       /* borrowed; outlives the service */
-    ac_metrics_t *metrics;              /* owned */
-    ac_db_t *db;                        /* owned */
-    ac_auth_t *auth;                    /* owned */
-    ac_outbox_t *outbox;                /* owned */
-    ac_consumer_t *consumer;            /* owned: intake's ticket events */
-    ac_http_route_t *routes;            /* owned: every module's routes, concatenated */
-    struct dispatch_assigner *assigner; /* owned (assignment.c) */
-    struct dispatch_sla *sla;           /* owned (sla.c) */
-    ac_db_config_t db_cfg;              /* must outlive db */
+    struct ev_loop *loop;                       /* borrowed from main() */
+    const dispatch_config_t *cfg;               /* borrowed; outlives the service */
+    ac_metrics_t *metrics;                      /* owned */
+    ac_db_t *db;                                /* owned */
+    ac_auth_t *auth;                            /* owned */
+    ac_outbox_t *outbox;                        /* owned */
+    ac_consumer_t *consumer;                    /* owned: intake's ticket events */
+    ac_http_route_t *routes;                    /* owned: every module's routes, concatenated */
+    struct dispatch_assigner *assigner;         /* owned (assignment.c) */
+    struct dispatch_sla *sla;                   /* owned (sla.c) */
+    struct dispatch_ticket_batch *ticket_batch; /* owned (tickets.c): the consumer's batch */
+    ac_db_config_t db_cfg;                      /* must outlive db */
     ac_outbox_config_t outbox_cfg;
     ac_consumer_config_t consumer_cfg;
     ac_service_t base;   /* HTTP, graceful stop, requests in flight */
@@ -92,8 +93,13 @@ extern const ac_http_route_t dispatch_sla_routes[];         /* sla.c */
 /* api.c: declares the service's metrics. */
 void dispatch_api_setup(dispatch_t *self);
 
-/* tickets.c: the routes of the intake consumer (by payload type). */
+/* tickets.c: the routes of the intake consumer (by payload type), which collect the
+ * events of a batch, and its batch hooks (ac_consumer_config_t), which apply them;
+ * tickets_stop frees what is collected. */
 extern const ac_consumer_route_t dispatch_ticket_routes[];
+void dispatch_tickets_batch_begin(void *arg);
+int dispatch_tickets_batch_end(struct ac_db_txn *txn, void *arg);
+void dispatch_tickets_stop(dispatch_t *self);
 
 /* assignment.c: the worker that assigns queued tickets (woken by NOTIFY
  * dispatch_assign). start: 0 or -1; stop frees; on_notify: a notification arrived. */

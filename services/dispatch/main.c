@@ -155,6 +155,8 @@ static int dispatch_setup(dispatch_t *self, struct ev_loop *loop, const dispatch
         .sources = follow_sources,
         .topics = follow_topics,
         .routes = dispatch_ticket_routes,
+        .on_batch_begin = dispatch_tickets_batch_begin,
+        .on_batch_end = dispatch_tickets_batch_end,
         .arg = self,
         .db = self->db,
         .schema = "dispatch",
@@ -181,6 +183,7 @@ static void dispatch_teardown(dispatch_t *self)
     self->is_closed = 1;                  /* from here on no call starts */
     ac_service_close(&self->base);        /* 503 to the requests in flight; no more HTTP */
     ac_consumer_destroy(&self->consumer); /* its transaction in flight rolls back */
+    dispatch_tickets_stop(self);
     dispatch_sla_stop(self);
     dispatch_assignment_stop(self);
     dispatch_emitter_stop(self);

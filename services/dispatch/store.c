@@ -36,10 +36,12 @@ static const char SQL_ENGINEER_LIST[] =
     "AND ($5::bigint IS NULL OR e.seq < $5::bigint) "
     "ORDER BY e.seq DESC LIMIT $6::int";
 
-static const char SQL_TICKET_APPLY[] =
-    "SELECT dispatch.ticket_apply($1::uuid, $2::text, $3::bigint, $4::text, $5::text, "
-    "$6::uuid, $7::text, $8::text, $9::text, $10::text, $11::boolean, $12::timestamptz, "
-    "$13::timestamptz)";
+/* The consumer's batch of ticket events (migrations/012_tickets_apply.sql): parameter n is
+ * the array of dispatch.ticket_apply()'s parameter n over the events. */
+static const char SQL_TICKETS_APPLY[] =
+    "SELECT dispatch.tickets_apply($1::uuid[], $2::text[], $3::bigint[], $4::text[], "
+    "$5::text[], $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], $11::boolean[], "
+    "$12::timestamptz[], $13::timestamptz[])";
 
 static const char SQL_TICKET_GET[] = "SELECT dispatch.ticket_get($1::text)";
 
@@ -166,7 +168,7 @@ const ac_db_stmt_t dispatch_stmts[DISPATCH_STMT__COUNT] = {
     [DISPATCH_STMT_ENGINEER_GET] = {SQL_ENGINEER_GET, 1},
     [DISPATCH_STMT_ENGINEER_LOCK] = {SQL_ENGINEER_LOCK, 1},
     [DISPATCH_STMT_ENGINEER_LIST] = {SQL_ENGINEER_LIST, 6},
-    [DISPATCH_STMT_TICKET_APPLY] = {SQL_TICKET_APPLY, 13},
+    [DISPATCH_STMT_TICKETS_APPLY] = {SQL_TICKETS_APPLY, DISPATCH_TICKET_NARGS},
     [DISPATCH_STMT_TICKET_GET] = {SQL_TICKET_GET, 1},
     [DISPATCH_STMT_EMIT_TAKE] = {SQL_EMIT_TAKE, 1},
     /* -- assignment.c -- */
@@ -347,4 +349,9 @@ int dispatch_store_sla_armed_result(const ac_db_txn_t *t, int i, dispatch_deadli
     }
     *n_out = (size_t)n;
     return 0;
+}
+
+int dispatch_store_add_tickets_apply(ac_db_txn_t *t, const char *const *cells, size_t n)
+{
+    return ac_db_txn_add_columns(t, DISPATCH_STMT_TICKETS_APPLY, cells, n, DISPATCH_TICKET_NARGS);
 }

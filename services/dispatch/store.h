@@ -17,16 +17,20 @@
 
 #include "ac_db.h"
 
+/* A ticket event as dispatch.ticket_apply() takes it: id, number, version, priority,
+ * category, customer_id, tier, product_model, region, status, in_warranty, created_at,
+ * updated_at (text; NULL for SQL NULL). */
+#define DISPATCH_TICKET_NARGS 13
+
 enum dispatch_stmt {
     DISPATCH_STMT_OUTBOX_INSERT,
     DISPATCH_STMT_ENGINEER_SAVE,
     DISPATCH_STMT_ENGINEER_GET,
     DISPATCH_STMT_ENGINEER_LOCK,
     DISPATCH_STMT_ENGINEER_LIST,
-    /* tickets.c: dispatch.ticket_apply(id, number, version, priority, category,
-     * customer_id, tier, product_model, region, status, in_warranty, created_at,
-     * updated_at) */
-    DISPATCH_STMT_TICKET_APPLY,
+    /* tickets.c: dispatch.tickets_apply() over a batch of ticket events (see
+     * dispatch_store_add_tickets_apply) */
+    DISPATCH_STMT_TICKETS_APPLY,
     DISPATCH_STMT_TICKET_GET, /* dispatch.ticket_get(number) */
     DISPATCH_STMT_EMIT_TAKE,  /* dispatch.emit_take(limit): ops.c's emitter */
     /* The statements below return one json value for ops.c (dispatch_http_sql(),
@@ -136,5 +140,10 @@ int dispatch_store_add_sla_armed_count(ac_db_txn_t *t) AC_WUR;
  * AC_ERR_PROTO for a result of another shape, AC_ERR_TOOBIG for more than max rows. */
 int dispatch_store_sla_armed_result(const ac_db_txn_t *t, int i, struct dispatch_deadline *out,
                                     size_t max, size_t *n_out) AC_WUR;
+
+/* dispatch.tickets_apply() (migrations/012_tickets_apply.sql) for n ticket events in
+ * stream order, `cells` holding each event's DISPATCH_TICKET_NARGS values one after the
+ * other: one statement for the consumer's batch. */
+int dispatch_store_add_tickets_apply(ac_db_txn_t *t, const char *const *cells, size_t n) AC_WUR;
 
 #endif

@@ -1,16 +1,19 @@
 /* tickets.c — dispatch's view of tickets: the consumer of intake's ticket.* events.
  *
- * Every ticket event carries the whole ticket after the change (ticket.proto), so one
- * statement, dispatch.ticket_apply() (migrations/002_tickets.sql), keeps
- * dispatch.tickets and the status history current, ignoring a version it has already
- * seen, and calls the other modules' hooks (assignment, SLA) in the same transaction —
- * the consumer's, which also moves the checkpoint. Enum values are stored by their API
- * names ("waiting_customer", "vip", "P1").
+ * Every ticket event carries the whole ticket after the change (ticket.proto), so
+ * dispatch.ticket_apply() (migrations/002_tickets.sql) keeps dispatch.tickets and the
+ * status history current, ignoring a version it has already seen, and calls the other
+ * modules' hooks (assignment, SLA) in the same transaction — the consumer's, which also
+ * moves the checkpoint. The handler only collects each event's values; at the end of the
+ * consumer's batch one statement, dispatch.tickets_apply() (migrations/012), applies them
+ * all: the common kinds set-based, the others through ticket_apply() in stream order.
+ * Enum values are stored by their API names ("waiting_customer", "vip", "P1").
  *
  * GET /v1/tickets/{number} shows that view (for people wondering whether dispatch has
  * heard of a ticket yet, and for tests). */
 #include <ctype.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ac_event.h"
@@ -45,11 +48,79 @@ static const Aftercare__V1__Ticket *payload_ticket(const Aftercare__V1__Envelope
     return *(const Aftercare__V1__Ticket *const *)(const void *)((const char *)p + f->offset);
 }
 
+/* The ticket events of the consumer's transaction in flight, DISPATCH_TICKET_NARGS values
+ * each (owned copies), in stream order. */
+struct dispatch_ticket_batch {
+    char **cells;
+    size_t n, cap; /* events */
+};
+
+static void batch_clear(struct dispatch_ticket_batch *b)
+{
+    for (size_t i = 0; i < b->n * DISPATCH_TICKET_NARGS; i++)
+        free(b->cells[i]);
+    b->n = 0;
+}
+
+static int batch_push(dispatch_t *self, const char *const *values)
+{
+    struct dispatch_ticket_batch *b = self->ticket_batch;
+    if (!b && !(b = self->ticket_batch = calloc(1, sizeof *b)))
+        return AC_ERR_NOMEM;
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? 2 * b->cap : 64;
+        char **cells = realloc(b->cells, cap * DISPATCH_TICKET_NARGS * sizeof *cells);
+        if (!cells)
+            return AC_ERR_NOMEM;
+        b->cells = cells;
+        b->cap = cap;
+    }
+    char **row = &b->cells[b->n * DISPATCH_TICKET_NARGS];
+    for (size_t j = 0; j < DISPATCH_TICKET_NARGS; j++) {
+        if (values[j] && !(row[j] = strdup(values[j]))) {
+            for (size_t k = 0; k < j; k++)
+                free(row[k]);
+            return AC_ERR_NOMEM;
+        }
+        if (!values[j])
+            row[j] = NULL;
+    }
+    b->n++;
+    return 0;
+}
+
+void dispatch_tickets_batch_begin(void *arg)
+{
+    dispatch_t *self = arg;
+    if (self->ticket_batch)
+        batch_clear(self->ticket_batch);
+}
+
+int dispatch_tickets_batch_end(ac_db_txn_t *txn, void *arg)
+{
+    dispatch_t *self = arg;
+    struct dispatch_ticket_batch *b = self->ticket_batch;
+    if (!b || b->n == 0)
+        return 0;
+    int rc = dispatch_store_add_tickets_apply(txn, (const char *const *)b->cells, b->n);
+    batch_clear(b);
+    return rc;
+}
+
+void dispatch_tickets_stop(dispatch_t *self)
+{
+    if (!self->ticket_batch)
+        return;
+    batch_clear(self->ticket_batch);
+    free(self->ticket_batch->cells);
+    free(self->ticket_batch);
+    self->ticket_batch = NULL;
+}
+
 static int on_ticket_event(const ac_consumer_event_t *ev, ac_db_txn_t *txn, void *arg)
 {
     const Aftercare__V1__Ticket *t = payload_ticket(ev->env);
     char version[24], priority[8], category[32], tier[16], status[32];
-    (void)arg;
 
     if (!t || !t->id || !t->id[0] || !t->number || !t->number[0] || t->version < 1) {
         ac_log_at(AC_LOG_WARN, NULL, ev->env->id, "%s without a usable ticket: skipped", ev->topic);
@@ -69,7 +140,7 @@ static int on_ticket_event(const ac_consumer_event_t *ev, ac_db_txn_t *txn, void
                   ev->topic);
         return AC_ERR_INVALID;
     }
-    const char *values[] = {
+    const char *values[DISPATCH_TICKET_NARGS] = {
         t->id,
         t->number,
         version,
@@ -84,7 +155,8 @@ static int on_ticket_event(const ac_consumer_event_t *ev, ac_db_txn_t *txn, void
         t->created_at && t->created_at[0] ? t->created_at : ev->env->time,
         t->updated_at && t->updated_at[0] ? t->updated_at : ev->env->time,
     };
-    return ac_db_txn_add(txn, DISPATCH_STMT_TICKET_APPLY, values, NULL, NULL);
+    (void)txn; /* the statement comes at the end of the batch */
+    return batch_push(arg, values);
 }
 
 const ac_consumer_route_t dispatch_ticket_routes[] = {

@@ -243,53 +243,15 @@ int intake_store_add_create_ticket(ac_db_txn_t *t, const intake_create_args_t *a
     return ac_db_txn_add(t, INTAKE_STMT_CREATE_TICKET, values, NULL, NULL);
 }
 
-/* Writes the PostgreSQL array literal {"v0","v1",NULL,...} of parameter j over the batch. */
-static char *array_literal(intake_create_args_t *const *args, size_t n, size_t j)
-{
-    size_t cap = 3; /* braces and NUL */
-    for (size_t i = 0; i < n; i++) {
-        const char *v = args[i]->v[j];
-        cap += 1 + (v ? 2 + 2 * strlen(v) : 4); /* comma, quotes, every byte escaped */
-    }
-    char *buf = malloc(cap);
-    if (!buf)
-        return NULL;
-    char *w = buf;
-    *w++ = '{';
-    for (size_t i = 0; i < n; i++) {
-        const char *v = args[i]->v[j];
-        if (i > 0)
-            *w++ = ',';
-        if (!v) {
-            memcpy(w, "NULL", 4);
-            w += 4;
-            continue;
-        }
-        *w++ = '"';
-        for (const char *p = v; *p; p++) {
-            if (*p == '"' || *p == '\\')
-                *w++ = '\\';
-            *w++ = *p;
-        }
-        *w++ = '"';
-    }
-    *w++ = '}';
-    *w = '\0';
-    return buf;
-}
-
 int intake_store_add_create_tickets(ac_db_txn_t *t, intake_create_args_t *const *args, size_t n)
 {
-    char *arrays[INTAKE_CREATE_NARGS] = {0};
-    int rc = 0;
-
-    for (size_t j = 0; rc == 0 && j < INTAKE_CREATE_NARGS; j++)
-        if (!(arrays[j] = array_literal(args, n, j)))
-            rc = AC_ERR_NOMEM;
-    if (rc == 0)
-        rc = ac_db_txn_add(t, INTAKE_STMT_CREATE_TICKETS, (const char *const *)arrays, NULL, NULL);
-    for (size_t j = 0; j < INTAKE_CREATE_NARGS; j++)
-        free(arrays[j]);
+    const char **cells = malloc((n ? n : 1) * INTAKE_CREATE_NARGS * sizeof *cells);
+    if (!cells)
+        return AC_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++)
+        memcpy(&cells[i * INTAKE_CREATE_NARGS], args[i]->v, sizeof args[i]->v);
+    int rc = ac_db_txn_add_columns(t, INTAKE_STMT_CREATE_TICKETS, cells, n, INTAKE_CREATE_NARGS);
+    free(cells);
     return rc;
 }
 

@@ -83,6 +83,58 @@ def test_dispatch_down_catches_up(dstack):
     assert n == 20
 
 
+def test_catch_up_mixes_new_and_changed_tickets(dstack):
+    """dispatch down while intake creates tickets and changes some of them: on restart the
+    backlog is applied in batches where a ticket can come several times (created, then
+    paused, or given a new priority). Each ticket ends as intake has it — status, priority,
+    the whole status history — with its three SLA clocks (standing still while it waits on
+    the customer) and exactly one diagnosis request."""
+    dstack.dispatch.stop(signal.SIGKILL)
+    agent = dstack.api("agent")
+    cust = dstack.probe_customer["id"]
+    plain = [agent.new_ticket(cust, description="plain %d" % i)["number"] for i in range(3)]
+    paused = agent.new_ticket(cust, description="to be paused")["number"]
+    r = agent.post("/v1/tickets/%s/transitions" % paused,
+                   json={"to": "needs_info", "reason": "serial number missing"})
+    assert r.status_code == 200, r.text
+    reprio = agent.new_ticket(cust, description="to be escalated", urgency="normal")["number"]
+    r = agent.patch("/v1/tickets/" + reprio, json={"urgency": "critical"})
+    assert r.status_code == 200, r.text
+    numbers = plain + [paused, reprio]
+    dstack.dispatch.start()
+    dstack.dispatch.wait_ready()
+
+    def caught_up():
+        for n in numbers:
+            v, t = dview(dstack, n), agent.must(agent.get("/v1/tickets/" + n), 200)
+            if not v or (v["version"], v["status"], v["priority"]) != (
+                    t["version"], t["status"], t["priority"]):
+                return False
+        return True
+    wait_until(caught_up, 30, 0.1, "dispatch to catch up with what intake did meanwhile")
+    db = dstack.db
+    hist = db.rows("SELECT t.number, array_agg(h.status ORDER BY h.version) AS statuses "
+                   "FROM dispatch.tickets t JOIN dispatch.ticket_status_history h "
+                   "ON h.ticket_id = t.id WHERE t.number = ANY(%s) GROUP BY t.number",
+                   (numbers,))
+    assert {h["number"]: h["statuses"] for h in hist} == dict(
+        [(n, ["new"]) for n in plain + [reprio]] + [(paused, ["new", "needs_info"])])
+    clocks = db.rows("SELECT t.number, count(*) AS n, "
+                     "bool_and(c.state = CASE WHEN t.status = 'needs_info' THEN 'paused' "
+                     "ELSE 'running' END) AS as_expected "
+                     "FROM dispatch.tickets t JOIN dispatch.sla_clocks c ON c.ticket_id = t.id "
+                     "WHERE t.number = ANY(%s) GROUP BY t.number", (numbers,))
+    assert sorted((c["number"], c["n"], c["as_expected"]) for c in clocks) == sorted(
+        (n, 3, True) for n in numbers)
+    requests = db.rows(
+        "SELECT t.number, (SELECT count(*) FROM dispatch.assign_queue q "
+        "                  WHERE q.ticket_id = t.id AND q.kind = 'diagnosis') "
+        "  + (SELECT count(*) FROM dispatch.assignments a WHERE a.ticket_id = t.id "
+        "     AND a.kind = 'diagnosis' AND a.state IN ('offered', 'accepted')) AS n "
+        "FROM dispatch.tickets t WHERE t.number = ANY(%s)", (numbers,))
+    assert sorted((r["number"], r["n"]) for r in requests) == sorted((n, 1) for n in numbers)
+
+
 def test_short_link_secret_is_refused_at_start(dstack):
     env = {"PATH": os.environ.get("PATH", ""),
            "AC_DISPATCH_DB": dstack.pg.env["AC_DISPATCH_DB"],

@@ -294,6 +294,49 @@ static void test_migrate(void **state)
     PQfinish(pg);
 }
 
+/* --- parameters ------------------------------------------------------------------------ */
+
+/* ac_db_array_literal(): what PostgreSQL reads back is what went in, element by element
+ * (quotes, backslashes, commas, braces, empty strings, NULLs); no elements is an empty
+ * array. */
+static void test_array_literal(void **state)
+{
+    (void)state;
+    const char *values[] = {"plain", "a \"quoted\" word", "back\\slash", NULL,
+                            "",      "comma, {brace}",    "NULL"};
+    size_t n = sizeof values / sizeof values[0];
+    char *lit = ac_db_array_literal(values, n);
+    assert_non_null(lit);
+    PGconn *pg = pg_open();
+    const char *params[1] = {lit};
+    PGresult *r = PQexecParams(pg,
+                               "SELECT x, x IS NULL FROM unnest($1::text[]) WITH ORDINALITY "
+                               "AS u(x, i) ORDER BY i",
+                               1, NULL, params, NULL, NULL, 0);
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    assert_int_equal(PQntuples(r), (int)n);
+    for (size_t i = 0; i < n; i++) {
+        if (values[i]) {
+            assert_string_equal(PQgetvalue(r, (int)i, 1), "f");
+            assert_string_equal(PQgetvalue(r, (int)i, 0), values[i]);
+        } else {
+            assert_string_equal(PQgetvalue(r, (int)i, 1), "t");
+        }
+    }
+    PQclear(r);
+    free(lit);
+
+    lit = ac_db_array_literal(NULL, 0);
+    assert_string_equal(lit, "{}");
+    params[0] = lit;
+    r = PQexecParams(pg, "SELECT cardinality($1::text[])", 1, NULL, params, NULL, NULL, 0);
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    assert_string_equal(PQgetvalue(r, 0, 0), "0");
+    PQclear(r);
+    free(lit);
+    PQfinish(pg);
+}
+
 /* --- transactions ---------------------------------------------------------------------- */
 
 static void test_commit_returns_results(void **state)
@@ -791,6 +834,7 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_migrate),
+        cmocka_unit_test(test_array_literal),
         cmocka_unit_test_setup_teardown(test_commit_returns_results, fixture_setup,
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_binary_results, fixture_setup, fixture_teardown),
