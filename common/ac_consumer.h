@@ -119,6 +119,12 @@ typedef struct ac_consumer_config {
      * statement; non-zero: the batch is retried later, as for a handler's error) */
     void (*on_batch_begin)(void *arg);
     int (*on_batch_end)(struct ac_db_txn *txn, void *arg);
+    /* 1: the transactions commit without waiting for their WAL to reach the disk. For a
+     * service whose handlers' effects reach the outside only through its outbox relay,
+     * whose numbering commit is synchronous: PostgreSQL's WAL is written in order, so that
+     * commit makes every earlier one durable too, and a crash before it loses the last
+     * transactions together with their checkpoint — their events are applied again. */
+    int is_commit_async;
 
     /* memory mode: where each source starts; a followed source without an entry starts
      * at the first live event or heartbeat seen (no initial replay) */

@@ -700,6 +700,9 @@ static void start_batch(ac_consumer_t *c, csource_t *s)
     }
     c->txn_source = s;
     c->nbatch = 0;
+    if (c->cfg->is_commit_async)
+        rc = ac_db_txn_add_sql(c->txn, "SELECT set_config('synchronous_commit', 'off', true)", 0,
+                               NULL, NULL, NULL);
     if (c->cfg->on_batch_begin)
         c->cfg->on_batch_begin(c->cfg->arg);
     while (rc == 0 && c->nbatch < max && (e = ac_seq_pop(s->seq, &seq)) != NULL) {

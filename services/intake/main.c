@@ -94,6 +94,7 @@ static int intake_follow_setup(intake_t *self)
         .curve = &cfg->curve,
         .sources = self->follow,
         .routes = intake_follow_routes,
+        .is_commit_async = 1, /* effects published only through the outbox */
         .arg = self,
         .db = self->db,
         .schema = "intake",

@@ -192,6 +192,19 @@ class PgCluster:
         self._run("stop", self.datadir)
         self.running = False
 
+    def crash(self):
+        """An immediate stop, as a crash: no shutdown checkpoint, what the WAL buffers
+        held and no commit waited for is lost; the next start recovers from the WAL."""
+        import pwd
+        owner = pwd.getpwuid(os.stat(self.datadir).st_uid).pw_name
+        cmd = [os.path.join(os.environ.get("AC_PG_BIN", "/usr/lib/postgresql/15/bin"),
+                            "pg_ctl"), "stop", "-D", self.datadir, "-m", "immediate", "-w"]
+        if os.getuid() != os.stat(self.datadir).st_uid:
+            cmd = ["runuser", "-u", owner, "--"] + cmd
+        with open(self.log_path, "ab") as log:
+            subprocess.run(cmd, stdout=log, stderr=log, check=True, timeout=60)
+        self.running = False
+
     def start(self):
         self._run("start", self.datadir, str(self.port))
         self.running = True
