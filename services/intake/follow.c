@@ -195,6 +195,12 @@ typedef struct follow_outcome {
     int to;              /* the status it moved to (enum intake_status), when applied */
 } follow_outcome_t;
 
+/* A ticket the batch changed: its document (in `taken`) and its version before. */
+typedef struct follow_touched {
+    json_t *doc;
+    int64_t old_version;
+} follow_touched_t;
+
 typedef struct intake_follower {
     intake_t *intake;           /* borrowed: the owner */
     ev_timer timer;             /* the next look at the inbox: POLL_S, or a retry's delay */
@@ -204,9 +210,16 @@ typedef struct intake_follower {
     size_t n;                   /* changes taken (items of `taken`) */
     int64_t *ids;               /* owned: their inbox rows */
     follow_outcome_t *outcomes; /* owned: what each came to */
-    int limit;                  /* changes per take: BATCH_MAX, or 1 after a failed batch */
-    int is_busy;                /* a transaction is in flight */
-    int is_again;               /* woken while busy: look again when done */
+    /* the batch's writes, added as three statements once every change is decided */
+    follow_touched_t *touched; /* owned: the tickets changed, ntouched of n */
+    size_t ntouched;
+    const char **history; /* owned array, borrowed strings: INTAKE_HISTORY_NCOLS a change */
+    size_t nhistory;
+    intake_outbox_rows_t events;
+    int has_events; /* `events` is initialised */
+    int limit;      /* changes per take: BATCH_MAX, or 1 after a failed batch */
+    int is_busy;    /* a transaction is in flight */
+    int is_again;   /* woken while busy: look again when done */
 } intake_follower_t;
 
 static void kick(intake_follower_t *f);
@@ -250,6 +263,15 @@ static void finish(intake_follower_t *f)
     f->ids = NULL;
     free(f->outcomes);
     f->outcomes = NULL;
+    free(f->touched);
+    f->touched = NULL;
+    f->ntouched = 0;
+    free(f->history);
+    f->history = NULL;
+    f->nhistory = 0;
+    if (f->has_events)
+        intake_outbox_rows_clear(&f->events);
+    f->has_events = 0;
     f->n = 0;
     f->is_busy = 0;
 }
@@ -348,7 +370,9 @@ static void on_committed(ac_db_txn_t *txn, int err, void *arg)
     kick(f); /* the next ones */
 }
 
-/* The ticket document after the move from -> to at `now`, its row, history and event. */
+/* The move from -> to at `now`: the ticket's document (changed in place, so that a later
+ * change of the same ticket in the batch starts from it), its history row and its event,
+ * collected for the batch's statements. */
 static int add_status_change(intake_follower_t *f, const json_t *item, json_t *doc, int from,
                              int to, const char *now)
 {
@@ -357,9 +381,16 @@ static int add_status_change(intake_follower_t *f, const json_t *item, json_t *d
     json_int_t version = json_integer_value(json_object_get(doc, "version"));
     char event_id[AC_UUID_STRLEN];
     uint8_t *buf;
-    size_t len;
+    size_t len, k;
     int rc = 0;
 
+    for (k = 0; k < f->ntouched && f->touched[k].doc != doc; k++)
+        ;
+    if (k == f->ntouched) {
+        f->touched[k].doc = doc;
+        f->touched[k].old_version = (int64_t)version;
+        f->ntouched++;
+    }
     rc |= json_object_set_new(doc, "status", json_string(intake_status_names[to]));
     if (to == INTAKE_ST_RESOLVED)
         rc |= json_object_set_new(doc, "resolved_at", json_string(now));
@@ -385,14 +416,40 @@ static int add_status_change(intake_follower_t *f, const json_t *item, json_t *d
     };
     if ((rc = intake_event_pack(&ev, event_id, &buf, &len)) < 0)
         return rc;
-    rc = intake_store_add_ticket_update(f->txn, doc);
-    if (rc == 0)
-        rc = intake_store_add_history(f->txn, json_string_value(json_object_get(doc, "id")),
-                                      intake_status_names[from], intake_status_names[to], reason,
-                                      ACTOR);
-    if (rc == 0)
-        rc = intake_store_add_outbox(f->txn, event_id, intake_event_topic(ev.kind), buf, len);
+    rc = intake_outbox_rows_append(&f->events, event_id, intake_event_topic(ev.kind), buf, len);
     free(buf);
+    if (rc < 0)
+        return AC_ERR_NOMEM;
+    const char **row = &f->history[f->nhistory++ * INTAKE_HISTORY_NCOLS];
+    row[0] = json_string_value(json_object_get(doc, "id"));
+    row[1] = intake_status_names[from];
+    row[2] = intake_status_names[to];
+    row[3] = reason;
+    row[4] = ACTOR;
+    return 0;
+}
+
+/* The batch's writes: the tickets, their history rows, their events. */
+static int add_writes(intake_follower_t *f)
+{
+    int rc = 0;
+    if (f->ntouched == 0)
+        return 0;
+    char **cells = calloc(f->ntouched * INTAKE_UPDATE_NCOLS, sizeof *cells);
+    if (!cells)
+        return AC_ERR_NOMEM;
+    for (size_t k = 0; rc == 0 && k < f->ntouched; k++)
+        rc = intake_store_ticket_update_cells(f->touched[k].doc, f->touched[k].old_version,
+                                              &cells[k * INTAKE_UPDATE_NCOLS]);
+    if (rc == 0)
+        rc = intake_store_add_ticket_updates(f->txn, (const char *const *)cells, f->ntouched);
+    for (size_t i = 0; i < f->ntouched * INTAKE_UPDATE_NCOLS; i++)
+        free(cells[i]);
+    free(cells);
+    if (rc == 0)
+        rc = intake_store_add_histories(f->txn, f->history, f->nhistory);
+    if (rc == 0)
+        rc = intake_store_add_outbox_rows(f->txn, &f->events);
     return rc;
 }
 
@@ -478,7 +535,10 @@ static void on_taken(ac_db_txn_t *txn, int err, void *arg)
     }
     f->ids = calloc(f->n, sizeof *f->ids);
     f->outcomes = calloc(f->n, sizeof *f->outcomes);
-    if (!f->ids || !f->outcomes) {
+    f->touched = calloc(f->n, sizeof *f->touched);
+    f->history = calloc(f->n * INTAKE_HISTORY_NCOLS, sizeof *f->history);
+    f->has_events = f->ids && intake_outbox_rows_init(&f->events) == 0;
+    if (!f->ids || !f->outcomes || !f->touched || !f->history || !f->has_events) {
         ac_warn("follow: out of memory; retrying");
         retry_later(f);
         return;
@@ -493,6 +553,14 @@ static void on_taken(ac_db_txn_t *txn, int err, void *arg)
                 record_failure(f, why);
             return;
         }
+    }
+    if ((rc = add_writes(f)) < 0) {
+        const char *why = rc == AC_ERR_NOMEM ? "out of memory" : "cannot add the writes";
+        if (f->n > 1)
+            retry_one_by_one(f, why);
+        else
+            record_failure(f, why);
+        return;
     }
     if (intake_store_add_follow_done(f->txn, f->ids, f->n) < 0 ||
         ac_db_txn_commit(f->txn, on_committed, f) < 0)

@@ -65,6 +65,28 @@ static const char SQL_HISTORY_INSERT[] =
     "SELECT $1::uuid, coalesce(max(h.seq), 0) + 1, $2::text, $3::text, now(), $4::text, "
     "$5::text FROM intake.ticket_status_history h WHERE h.ticket_id = $1::uuid";
 
+/* Many at once (follow.c): $n are the arrays of the single statements' parameters; the
+ * update also takes each ticket's version before the batch ($12). */
+static const char SQL_TICKET_UPDATE_MANY[] =
+    "UPDATE intake.tickets t SET description = u.description, category = u.category, "
+    "urgency = u.urgency, expedite = u.expedite, priority = u.priority, contact = u.contact, "
+    "status = u.status, version = u.version, updated_at = now(), resolved_at = u.resolved_at, "
+    "closed_at = u.closed_at "
+    "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::text[], "
+    "$7::json[], $8::text[], $9::bigint[], $10::timestamptz[], $11::timestamptz[], "
+    "$12::bigint[]) AS u(id, description, category, urgency, expedite, priority, contact, "
+    "status, version, resolved_at, closed_at, old_version) "
+    "WHERE t.id = u.id AND t.version = u.old_version";
+
+static const char SQL_HISTORY_INSERT_MANY[] =
+    "INSERT INTO intake.ticket_status_history "
+    "(ticket_id, seq, from_status, to_status, at, reason, actor) "
+    "SELECT u.id, coalesce((SELECT max(h.seq) FROM intake.ticket_status_history h "
+    "WHERE h.ticket_id = u.id), 0) + row_number() OVER (PARTITION BY u.id ORDER BY u.ord), "
+    "u.f, u.t, now(), u.reason, u.actor "
+    "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) "
+    "WITH ORDINALITY AS u(id, f, t, reason, actor, ord)";
+
 /* Newest first; fetches limit + 1 rows to know whether another page follows. */
 static const char SQL_TICKET_LIST[] =
     "SELECT t.seq, intake.ticket_doc(t, c, p) " TICKET_FROM
@@ -140,6 +162,8 @@ const ac_db_stmt_t intake_stmts[INTAKE_STMT__COUNT] = {
     [INTAKE_STMT_TICKET_LOCK] = {SQL_TICKET_LOCK, 1},
     [INTAKE_STMT_TICKET_UPDATE] = {SQL_TICKET_UPDATE, 11},
     [INTAKE_STMT_HISTORY_INSERT] = {SQL_HISTORY_INSERT, 5},
+    [INTAKE_STMT_TICKET_UPDATE_MANY] = {SQL_TICKET_UPDATE_MANY, INTAKE_UPDATE_NCOLS},
+    [INTAKE_STMT_HISTORY_INSERT_MANY] = {SQL_HISTORY_INSERT_MANY, INTAKE_HISTORY_NCOLS},
     [INTAKE_STMT_TICKET_LIST] = {SQL_TICKET_LIST, 8},
     [INTAKE_STMT_CUSTOMER_INSERT] = {SQL_CUSTOMER_INSERT, 6},
     [INTAKE_STMT_CUSTOMER_GET] = {SQL_CUSTOMER_GET, 1},
@@ -366,32 +390,61 @@ int intake_store_ticket_lock_result(const ac_db_txn_t *t, int i, json_t **doc_ou
     return 0;
 }
 
-int intake_store_add_ticket_update(ac_db_txn_t *t, const json_t *doc)
+/* The values of SQL_TICKET_UPDATE (the first 11) and the version before (12th), owned. */
+int intake_store_ticket_update_cells(const json_t *doc, int64_t old_version,
+                                     char *cells[INTAKE_UPDATE_NCOLS])
 {
-    char version[24];
-    int is_oom = 0, rc;
-    char *contact = dump_or_null(json_object_get(doc, "contact"), &is_oom);
+    char version[24], old[24];
+    int is_oom = 0;
 
-    if (is_oom)
-        return AC_ERR_NOMEM;
     snprintf(version, sizeof version, "%" JSON_INTEGER_FORMAT,
              json_integer_value(json_object_get(doc, "version")));
-    const char *values[11] = {
-        doc_str(doc, "id"),
-        doc_str(doc, "description"),
-        doc_str(doc, "category"),
-        doc_str(doc, "urgency"),
-        json_is_true(json_object_get(doc, "expedite")) ? "true" : "false",
-        doc_str(doc, "priority"),
-        contact,
-        doc_str(doc, "status"),
-        version,
-        doc_str(doc, "resolved_at"),
-        doc_str(doc, "closed_at"),
-    };
-    rc = ac_db_txn_add(t, INTAKE_STMT_TICKET_UPDATE, values, NULL, NULL);
-    free(contact);
+    snprintf(old, sizeof old, "%" PRId64, old_version);
+    cells[0] = dup_or_null(doc_str(doc, "id"), &is_oom);
+    cells[1] = dup_or_null(doc_str(doc, "description"), &is_oom);
+    cells[2] = dup_or_null(doc_str(doc, "category"), &is_oom);
+    cells[3] = dup_or_null(doc_str(doc, "urgency"), &is_oom);
+    cells[4] =
+        dup_or_null(json_is_true(json_object_get(doc, "expedite")) ? "true" : "false", &is_oom);
+    cells[5] = dup_or_null(doc_str(doc, "priority"), &is_oom);
+    cells[6] = dump_or_null(json_object_get(doc, "contact"), &is_oom);
+    cells[7] = dup_or_null(doc_str(doc, "status"), &is_oom);
+    cells[8] = dup_or_null(version, &is_oom);
+    cells[9] = dup_or_null(doc_str(doc, "resolved_at"), &is_oom);
+    cells[10] = dup_or_null(doc_str(doc, "closed_at"), &is_oom);
+    cells[11] = dup_or_null(old, &is_oom);
+    if (is_oom) {
+        for (size_t j = 0; j < INTAKE_UPDATE_NCOLS; j++) {
+            free(cells[j]);
+            cells[j] = NULL;
+        }
+        return AC_ERR_NOMEM;
+    }
+    return 0;
+}
+
+int intake_store_add_ticket_update(ac_db_txn_t *t, const json_t *doc)
+{
+    char *cells[INTAKE_UPDATE_NCOLS];
+    int64_t version = (int64_t)json_integer_value(json_object_get(doc, "version"));
+    int rc = intake_store_ticket_update_cells(doc, version - 1, cells);
+    if (rc < 0)
+        return rc;
+    rc = ac_db_txn_add(t, INTAKE_STMT_TICKET_UPDATE, (const char *const *)cells, NULL, NULL);
+    for (size_t j = 0; j < INTAKE_UPDATE_NCOLS; j++)
+        free(cells[j]);
     return rc;
+}
+
+int intake_store_add_ticket_updates(ac_db_txn_t *t, const char *const *cells, size_t n)
+{
+    return ac_db_txn_add_columns(t, INTAKE_STMT_TICKET_UPDATE_MANY, cells, n, INTAKE_UPDATE_NCOLS);
+}
+
+int intake_store_add_histories(ac_db_txn_t *t, const char *const *cells, size_t n)
+{
+    return ac_db_txn_add_columns(t, INTAKE_STMT_HISTORY_INSERT_MANY, cells, n,
+                                 INTAKE_HISTORY_NCOLS);
 }
 
 int intake_store_add_history(ac_db_txn_t *t, const char *ticket_id, const char *from_status,

@@ -28,6 +28,8 @@ enum intake_stmt {
     INTAKE_STMT_TICKET_LOCK,
     INTAKE_STMT_TICKET_UPDATE,
     INTAKE_STMT_HISTORY_INSERT,
+    INTAKE_STMT_TICKET_UPDATE_MANY,
+    INTAKE_STMT_HISTORY_INSERT_MANY,
     INTAKE_STMT_TICKET_LIST,
     INTAKE_STMT_CUSTOMER_INSERT,
     INTAKE_STMT_CUSTOMER_GET,
@@ -133,6 +135,17 @@ int intake_store_add_product_list(ac_db_txn_t *t, const intake_list_filter_t *f)
 
 int intake_store_add_policy_put(ac_db_txn_t *t, const intake_policy_in_t *in) AC_WUR;
 int intake_store_add_policy_list(ac_db_txn_t *t) AC_WUR;
+
+/* Many tickets' changes at once (follow.c's batches). Ticket updates: one row per
+ * ticket, its document after the batch's changes and the version it had before them.
+ * History rows: ticket id, from, to, reason, actor, in the order the changes were made
+ * (each ticket's rows numbered on from its last). */
+#define INTAKE_UPDATE_NCOLS  12
+#define INTAKE_HISTORY_NCOLS 5
+int intake_store_ticket_update_cells(const json_t *doc, int64_t old_version,
+                                     char *cells[INTAKE_UPDATE_NCOLS]) AC_WUR;
+int intake_store_add_ticket_updates(ac_db_txn_t *t, const char *const *cells, size_t n) AC_WUR;
+int intake_store_add_histories(ac_db_txn_t *t, const char *const *cells, size_t n) AC_WUR;
 
 /* --- following dispatch (follow.c, migrations/005_follow.sql) ----------------------- */
 /* intake.follow_enqueue(): queue the status change an event of a followed source asks
