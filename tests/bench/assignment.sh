@@ -31,7 +31,7 @@
 #   BENCH_PRIME      seconds of load before that, then VACUUM ANALYZE (default 5; see
 #                    "priming" below)
 #   BENCH_PG_LOG_MS  log statements slower than this, with their plans (diagnosis)
-#   BENCH_PG_STATS   1 = print the statements that took the most database time (diagnosis)
+#   BENCH_PG_STATS   1 = print the statements and functions taking the most database time
 #   BENCH_RATE       tickets/s in all (default 500)
 #   BENCH_ENGINEERS  engineers (default 1000)
 #   BENCH_NO_BUILD   1 = use build/release as it is

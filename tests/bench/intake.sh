@@ -28,7 +28,7 @@
 #   BENCH_NO_BUILD  1 = use build/release as it is
 #   BENCH_BUILD_DIR another build tree (implies no build; a Debug/ASan build's figures
 #                   mean nothing)
-#   BENCH_PG_STATS  1 = print the statements that took the most database time in (b)
+#   BENCH_PG_STATS  1 = print the statements and functions taking the most database time in (b)
 #   BENCH_KEEP      1 = keep the work directory (logs, pgbench script) for inspection
 #   AC_PG_BIN       PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 #
