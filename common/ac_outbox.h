@@ -36,10 +36,12 @@
 #define AC_OUTBOX_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "ac_err.h"
 
 struct ev_loop;
+struct ac_db_txn;
 struct ac_metrics;
 struct ac_curve;
 
@@ -61,6 +63,25 @@ int ac_outbox_migrate(const char *conninfo, const char *schema, double wait_s) A
 
 ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg);
 void ac_outbox_destroy(ac_outbox_t **self_p);
+
+/* Outbox rows (event id, topic, envelope) collected for one multi-row INSERT: a service's
+ * batch of events written with one statement (one executor start, one run of the outbox's
+ * statement trigger) instead of one each. */
+typedef struct ac_outbox_rows {
+    FILE *ids, *topics, *bodies; /* open_memstream()s over the buffers below */
+    char *ids_buf, *topics_buf, *bodies_buf;
+    size_t ids_len, topics_len, bodies_len;
+    size_t n;
+} ac_outbox_rows_t;
+int ac_outbox_rows_init(ac_outbox_rows_t *r) AC_WUR;
+int ac_outbox_rows_append(ac_outbox_rows_t *r, const char *event_id, const char *topic,
+                          const uint8_t *envelope, size_t len) AC_WUR;
+/* Queues the service's prepared statement `stmt`, which must be
+ *   INSERT INTO <schema>.outbox (event_id, topic, envelope)
+ *   SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[])
+ * with every row appended so far (the envelopes as a binary bytea[]). */
+int ac_outbox_rows_add(struct ac_db_txn *t, int stmt, ac_outbox_rows_t *r) AC_WUR;
+void ac_outbox_rows_clear(ac_outbox_rows_t *r);
 /* Last sequence handed to the bus socket (0 before the first). */
 uint64_t ac_outbox_published_seq(const ac_outbox_t *self);
 

@@ -717,3 +717,100 @@ uint64_t ac_outbox_published_seq(const ac_outbox_t *self)
 {
     return self->published_seq;
 }
+
+/* --- multi-row inserts ----------------------------------------------------------------- */
+
+static void put_be32(FILE *f, uint32_t v)
+{
+    unsigned char b[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16),
+                          (unsigned char)(v >> 8), (unsigned char)v};
+    fwrite(b, 1, 4, f);
+}
+
+int ac_outbox_rows_init(ac_outbox_rows_t *r)
+{
+    memset(r, 0, sizeof *r);
+    r->ids = open_memstream(&r->ids_buf, &r->ids_len);
+    r->topics = open_memstream(&r->topics_buf, &r->topics_len);
+    r->bodies = open_memstream(&r->bodies_buf, &r->bodies_len);
+    if (!r->ids || !r->topics || !r->bodies) {
+        ac_outbox_rows_clear(r);
+        return AC_ERR_NOMEM;
+    }
+    return 0;
+}
+
+int ac_outbox_rows_append(ac_outbox_rows_t *r, const char *event_id, const char *topic,
+                          const uint8_t *envelope, size_t len)
+{
+    /* uuids and topics (lowercase letters, dots, underscores) need no quoting */
+    fprintf(r->ids, "%s%s", r->n ? "," : "", event_id);
+    fprintf(r->topics, "%s%s", r->n ? "," : "", topic);
+    put_be32(r->bodies, (uint32_t)len);
+    fwrite(envelope, 1, len, r->bodies);
+    r->n++;
+    return ferror(r->ids) || ferror(r->topics) || ferror(r->bodies) ? AC_ERR_NOMEM : 0;
+}
+
+int ac_outbox_rows_add(ac_db_txn_t *t, int stmt, ac_outbox_rows_t *r)
+{
+    char *ids = NULL, *topics = NULL, *array = NULL;
+    size_t ids_len = 0, topics_len = 0, array_len = 0;
+    FILE *fi = open_memstream(&ids, &ids_len);
+    FILE *ft = open_memstream(&topics, &topics_len);
+    FILE *fa = open_memstream(&array, &array_len);
+    int rc = AC_ERR_NOMEM;
+
+    if (fflush(r->ids) || fflush(r->topics) || fflush(r->bodies) || !fi || !ft || !fa)
+        goto out;
+    fprintf(fi, "{%.*s}", (int)r->ids_len, r->ids_buf);
+    fprintf(ft, "{%.*s}", (int)r->topics_len, r->topics_buf);
+    /* array_recv format: ndim, has-nulls, element type (bytea = 17), dim, lower bound */
+    put_be32(fa, 1);
+    put_be32(fa, 0);
+    put_be32(fa, 17);
+    put_be32(fa, (uint32_t)r->n);
+    put_be32(fa, 1);
+    fwrite(r->bodies_buf, 1, r->bodies_len, fa);
+    {
+        /* close all three whatever happens; any error means out of memory */
+        int is_bad = ferror(fi) | ferror(ft) | ferror(fa);
+        is_bad |= fclose(fi) != 0;
+        is_bad |= fclose(ft) != 0;
+        is_bad |= fclose(fa) != 0;
+        fi = ft = fa = NULL;
+        if (is_bad)
+            goto out;
+    }
+    {
+        const char *values[3] = {ids, topics, array};
+        int lengths[3] = {0, 0, (int)array_len};
+        int formats[3] = {0, 0, 1};
+        rc = ac_db_txn_add(t, stmt, values, lengths, formats);
+    }
+out:
+    if (fi)
+        fclose(fi);
+    if (ft)
+        fclose(ft);
+    if (fa)
+        fclose(fa);
+    free(ids);
+    free(topics);
+    free(array);
+    return rc;
+}
+
+void ac_outbox_rows_clear(ac_outbox_rows_t *r)
+{
+    if (r->ids)
+        fclose(r->ids);
+    if (r->topics)
+        fclose(r->topics);
+    if (r->bodies)
+        fclose(r->bodies);
+    free(r->ids_buf);
+    free(r->topics_buf);
+    free(r->bodies_buf);
+    memset(r, 0, sizeof *r);
+}

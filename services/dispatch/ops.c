@@ -95,23 +95,37 @@ int dispatch_events_queue(dispatch_t *self, ac_db_txn_t *txn, const json_t *even
 {
     size_t i;
     const json_t *ev;
+    ac_outbox_rows_t rows;
+    int rc = 0;
 
+    if (json_array_size(events) == 0)
+        return 0;
+    if (ac_outbox_rows_init(&rows) < 0)
+        return AC_ERR_NOMEM;
     json_array_foreach(events, i, ev)
     {
         char event_id[AC_UUID_STRLEN];
         uint8_t *buf;
         size_t len;
         const char *topic = json_string_value(json_object_get(ev, "topic"));
-        int rc = pack_event(ev, correlation_id, event_id, &buf, &len);
-        if (rc < 0)
-            return rc;
-        rc = dispatch_store_add_outbox(txn, event_id, topic, buf, len);
+        if ((rc = pack_event(ev, correlation_id, event_id, &buf, &len)) < 0)
+            break;
+        rc = ac_outbox_rows_append(&rows, event_id, topic, buf, len);
         free(buf);
         if (rc < 0)
-            return rc;
+            break;
         ac_log_at(AC_LOG_DEBUG, NULL, event_id, "%s queued", topic);
+    }
+    if (rc == 0)
+        rc = dispatch_store_add_outbox_rows(txn, &rows);
+    ac_outbox_rows_clear(&rows);
+    if (rc < 0)
+        return rc;
+    json_array_foreach(events, i, ev) /* counted once they are on their way */
+    {
         char labels[AC_TOPIC_MAX + 16];
-        snprintf(labels, sizeof labels, "topic=\"%s\"", topic);
+        snprintf(labels, sizeof labels, "topic=\"%s\"",
+                 json_string_value(json_object_get(ev, "topic")));
         ac_metrics_add(self->metrics, "events_total", labels, 1);
     }
     return 0;

@@ -14,6 +14,9 @@
 
 static const char SQL_OUTBOX_INSERT[] = "INSERT INTO dispatch.outbox (event_id, topic, envelope) "
                                         "VALUES ($1::uuid, $2::text, $3::bytea)";
+static const char SQL_OUTBOX_INSERT_MANY[] =
+    "INSERT INTO dispatch.outbox (event_id, topic, envelope) "
+    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[])";
 
 static const char SQL_ENGINEER_SAVE[] =
     "SELECT dispatch.engineer_save($1::uuid, $2::bigint, $3::jsonb)";
@@ -164,6 +167,7 @@ static const char SQL_CASE_LIST[] =
 
 const ac_db_stmt_t dispatch_stmts[DISPATCH_STMT__COUNT] = {
     [DISPATCH_STMT_OUTBOX_INSERT] = {SQL_OUTBOX_INSERT, 3},
+    [DISPATCH_STMT_OUTBOX_INSERT_MANY] = {SQL_OUTBOX_INSERT_MANY, 3},
     [DISPATCH_STMT_ENGINEER_SAVE] = {SQL_ENGINEER_SAVE, 3},
     [DISPATCH_STMT_ENGINEER_GET] = {SQL_ENGINEER_GET, 1},
     [DISPATCH_STMT_ENGINEER_LOCK] = {SQL_ENGINEER_LOCK, 1},
@@ -354,4 +358,9 @@ int dispatch_store_sla_armed_result(const ac_db_txn_t *t, int i, dispatch_deadli
 int dispatch_store_add_tickets_apply(ac_db_txn_t *t, const char *const *cells, size_t n)
 {
     return ac_db_txn_add_columns(t, DISPATCH_STMT_TICKETS_APPLY, cells, n, DISPATCH_TICKET_NARGS);
+}
+
+int dispatch_store_add_outbox_rows(ac_db_txn_t *t, ac_outbox_rows_t *r)
+{
+    return ac_outbox_rows_add(t, DISPATCH_STMT_OUTBOX_INSERT_MANY, r);
 }

@@ -16,6 +16,7 @@
 #include <jansson.h>
 
 #include "ac_db.h"
+#include "ac_outbox.h"
 
 /* A ticket event as dispatch.ticket_apply() takes it: id, number, version, priority,
  * category, customer_id, tier, product_model, region, status, in_warranty, created_at,
@@ -24,6 +25,7 @@
 
 enum dispatch_stmt {
     DISPATCH_STMT_OUTBOX_INSERT,
+    DISPATCH_STMT_OUTBOX_INSERT_MANY,
     DISPATCH_STMT_ENGINEER_SAVE,
     DISPATCH_STMT_ENGINEER_GET,
     DISPATCH_STMT_ENGINEER_LOCK,
@@ -111,6 +113,8 @@ typedef struct dispatch_engineer_filter {
     long limit;                                       /* 1..200 */
 } dispatch_engineer_filter_t;
 
+/* Many events at once (ac_outbox_rows_t): one multi-row INSERT. */
+int dispatch_store_add_outbox_rows(ac_db_txn_t *t, ac_outbox_rows_t *r) AC_WUR;
 /* INSERT INTO dispatch.outbox (event_id, topic, envelope): envelope sent binary. */
 int dispatch_store_add_outbox(ac_db_txn_t *t, const char *event_id, const char *topic,
                               const uint8_t *envelope, size_t len) AC_WUR;

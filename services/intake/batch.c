@@ -209,14 +209,14 @@ static void on_batch_committed(ac_db_txn_t *txn, int err, void *arg)
 static void on_batch_created(ac_db_txn_t *txn, int err, void *arg)
 {
     create_batch_t *b = arg;
-    intake_outbox_rows_t rows;
+    ac_outbox_rows_t rows;
     int rc;
 
     if (err < 0) {
         batch_failed(b, err);
         return;
     }
-    if (intake_outbox_rows_init(&rows) < 0) {
+    if (ac_outbox_rows_init(&rows) < 0) {
         batch_failed(b, AC_ERR_UNAVAILABLE);
         return;
     }
@@ -225,7 +225,7 @@ static void on_batch_created(ac_db_txn_t *txn, int err, void *arg)
         rc = b->is_retry ? intake_store_create_ticket_result(txn, (int)i, &c->result)
                          : intake_store_create_tickets_result(txn, b->n, i, &c->result);
         if (rc < 0) {
-            intake_outbox_rows_clear(&rows);
+            ac_outbox_rows_clear(&rows);
             batch_failed(b, AC_ERR_DB);
             return;
         }
@@ -241,26 +241,26 @@ static void on_batch_created(ac_db_txn_t *txn, int err, void *arg)
         size_t len;
         if ((rc = intake_event_pack(&ev, event_id, &buf, &len)) < 0) {
             ac_error("create batch: cannot pack ticket.created: %s", ac_strerror(rc));
-            intake_outbox_rows_clear(&rows);
+            ac_outbox_rows_clear(&rows);
             batch_failed(b, rc == AC_ERR_NOMEM ? AC_ERR_UNAVAILABLE : AC_ERR_DB);
             return;
         }
-        rc = intake_outbox_rows_append(&rows, event_id, intake_event_topic(INTAKE_EV_CREATED), buf,
-                                       len);
+        rc =
+            ac_outbox_rows_append(&rows, event_id, intake_event_topic(INTAKE_EV_CREATED), buf, len);
         free(buf);
         if (rc < 0) {
-            intake_outbox_rows_clear(&rows);
+            ac_outbox_rows_clear(&rows);
             batch_failed(b, AC_ERR_UNAVAILABLE);
             return;
         }
     }
     if (rows.n == 0) { /* nothing was written: no commit to wait for */
-        intake_outbox_rows_clear(&rows);
+        ac_outbox_rows_clear(&rows);
         batch_succeeded(b);
         return;
     }
     rc = intake_store_add_outbox_rows(txn, &rows);
-    intake_outbox_rows_clear(&rows);
+    ac_outbox_rows_clear(&rows);
     if (rc < 0) {
         batch_failed(b, AC_ERR_UNAVAILABLE);
         return;

@@ -215,7 +215,7 @@ typedef struct intake_follower {
     size_t ntouched;
     const char **history; /* owned array, borrowed strings: INTAKE_HISTORY_NCOLS a change */
     size_t nhistory;
-    intake_outbox_rows_t events;
+    ac_outbox_rows_t events;
     int has_events; /* `events` is initialised */
     int limit;      /* changes per take: BATCH_MAX, or 1 after a failed batch */
     int is_busy;    /* a transaction is in flight */
@@ -270,7 +270,7 @@ static void finish(intake_follower_t *f)
     f->history = NULL;
     f->nhistory = 0;
     if (f->has_events)
-        intake_outbox_rows_clear(&f->events);
+        ac_outbox_rows_clear(&f->events);
     f->has_events = 0;
     f->n = 0;
     f->is_busy = 0;
@@ -416,7 +416,7 @@ static int add_status_change(intake_follower_t *f, const json_t *item, json_t *d
     };
     if ((rc = intake_event_pack(&ev, event_id, &buf, &len)) < 0)
         return rc;
-    rc = intake_outbox_rows_append(&f->events, event_id, intake_event_topic(ev.kind), buf, len);
+    rc = ac_outbox_rows_append(&f->events, event_id, intake_event_topic(ev.kind), buf, len);
     free(buf);
     if (rc < 0)
         return AC_ERR_NOMEM;
@@ -537,7 +537,7 @@ static void on_taken(ac_db_txn_t *txn, int err, void *arg)
     f->outcomes = calloc(f->n, sizeof *f->outcomes);
     f->touched = calloc(f->n, sizeof *f->touched);
     f->history = calloc(f->n * INTAKE_HISTORY_NCOLS, sizeof *f->history);
-    f->has_events = f->ids && intake_outbox_rows_init(&f->events) == 0;
+    f->has_events = f->ids && ac_outbox_rows_init(&f->events) == 0;
     if (!f->ids || !f->outcomes || !f->touched || !f->history || !f->has_events) {
         ac_warn("follow: out of memory; retrying");
         retry_later(f);

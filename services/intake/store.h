@@ -11,12 +11,12 @@
 #define INTAKE_STORE_H
 
 #include <stddef.h>
-#include <stdio.h>
 #include <stdint.h>
 
 #include <jansson.h>
 
 #include "ac_db.h"
+#include "ac_outbox.h"
 #include "validate.h"
 
 enum intake_stmt {
@@ -87,19 +87,8 @@ int intake_store_create_tickets_result(const ac_db_txn_t *t, size_t n, size_t i,
 int intake_store_add_outbox(ac_db_txn_t *t, const char *event_id, const char *topic,
                             const uint8_t *envelope, size_t len) AC_WUR;
 
-/* Outbox rows collected for one multi-row INSERT (a group-commit batch). */
-typedef struct intake_outbox_rows {
-    FILE *ids, *topics, *bodies; /* open_memstream()s over the buffers below */
-    char *ids_buf, *topics_buf, *bodies_buf;
-    size_t ids_len, topics_len, bodies_len;
-    size_t n;
-} intake_outbox_rows_t;
-int intake_outbox_rows_init(intake_outbox_rows_t *r) AC_WUR;
-int intake_outbox_rows_append(intake_outbox_rows_t *r, const char *event_id, const char *topic,
-                              const uint8_t *envelope, size_t len) AC_WUR;
-/* Adds one INSERT ... SELECT FROM unnest(...) of all rows appended so far. */
-int intake_store_add_outbox_rows(ac_db_txn_t *t, intake_outbox_rows_t *r) AC_WUR;
-void intake_outbox_rows_clear(intake_outbox_rows_t *r);
+/* The outbox rows of a batch (ac_outbox_rows_t) as one multi-row INSERT. */
+int intake_store_add_outbox_rows(ac_db_txn_t *t, ac_outbox_rows_t *r) AC_WUR;
 
 /* --- tickets ----------------------------------------------------------------------- */
 int intake_store_add_ticket_get(ac_db_txn_t *t, const char *number) AC_WUR;
