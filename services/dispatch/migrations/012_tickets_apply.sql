@@ -21,6 +21,14 @@
 -- that closes, reopens, pauses or changes the priority) to dispatch.ticket_apply(), in
 -- stream order. A migration that changes what the hooks do for one of the two kinds must
 -- change this function too.
+-- What differs from one ticket_apply() per event: within one batch, the new tickets'
+-- queue entries (and clock ids) come before those of tickets handled one by one, so of
+-- two equal-priority tickets queued in the same transaction the one created first may be
+-- served second; notifications are the same set (PostgreSQL sends each once per
+-- transaction) in another order. Two instances of the consumer applying overlapping
+-- batches can deadlock on new tickets (set-based and one-by-one inserts in different
+-- orders); the consumer retries a deadlock, and one of them then finds the checkpoint
+-- moved.
 CREATE FUNCTION dispatch.tickets_apply(
     p_id uuid[], p_number text[], p_version bigint[], p_priority text[], p_category text[],
     p_customer_id uuid[], p_tier text[], p_model text[], p_region text[], p_status text[],
@@ -32,8 +40,8 @@ DECLARE
     v_unmatched text[];
     i int;
 BEGIN
-    -- (in id order, as ticket_apply would lock them one by one: no deadlock with a
-    -- supervisor's request holding one of them)
+    -- (in id order: another instance of the consumer locks the same tickets the same way;
+    -- nothing else locks dispatch.tickets in a conflicting mode)
     PERFORM 1 FROM dispatch.tickets t WHERE t.id = ANY (p_id) ORDER BY t.id FOR NO KEY UPDATE;
 
     SELECT array_agg(k.kind ORDER BY k.ord) INTO v_kind
@@ -73,6 +81,10 @@ BEGIN
         SELECT b.id, b.number, b.version, b.priority, b.category, b.customer_id, b.tier,
                b.model, b.region, b.status, b.in_warranty, b.opened_at, b.updated_at
           FROM b WHERE b.kind = 'new' ORDER BY b.ord
+        -- (another instance inserted it meanwhile: its commit moved the checkpoint, so
+        -- this transaction rolls back at consumer_advance() — not at a key violation,
+        -- which the consumer would count against the event)
+        ON CONFLICT (id) DO NOTHING
         RETURNING *),
     -- plain changes: the history (against the old status), then the row
     hist AS (
