@@ -338,6 +338,16 @@ static int is_retryable_state(const char *state)
            strncmp(state, "57", 2) == 0 || strncmp(state, "08", 2) == 0;
 }
 
+/* The taken changes cannot go through: a batch is retried one by one, a single change
+ * counts a failed attempt. */
+static void batch_failed(intake_follower_t *f, const char *why)
+{
+    if (f->n > 1)
+        retry_one_by_one(f, why);
+    else
+        record_failure(f, why);
+}
+
 static void on_committed(ac_db_txn_t *txn, int err, void *arg)
 {
     intake_follower_t *f = arg;
@@ -345,10 +355,7 @@ static void on_committed(ac_db_txn_t *txn, int err, void *arg)
         char why[300];
         snprintf(why, sizeof why, "SQLSTATE %s: %s", ac_db_txn_sqlstate(txn),
                  ac_db_txn_errmsg(txn));
-        if (f->n > 1)
-            retry_one_by_one(f, why);
-        else
-            record_failure(f, why);
+        batch_failed(f, why);
         return;
     }
     if (err < 0) { /* the database is away: the rows are still there */
@@ -546,20 +553,12 @@ static void on_taken(ac_db_txn_t *txn, int err, void *arg)
     now = json_string_value(json_object_get(f->taken, "now"));
     for (size_t i = 0; i < f->n; i++) {
         if ((rc = apply_one(f, i, now ? now : "")) < 0) {
-            const char *why = rc == AC_ERR_NOMEM ? "out of memory" : "the event does not pack";
-            if (f->n > 1)
-                retry_one_by_one(f, why);
-            else
-                record_failure(f, why);
+            batch_failed(f, rc == AC_ERR_NOMEM ? "out of memory" : "the event does not pack");
             return;
         }
     }
     if ((rc = add_writes(f)) < 0) {
-        const char *why = rc == AC_ERR_NOMEM ? "out of memory" : "cannot add the writes";
-        if (f->n > 1)
-            retry_one_by_one(f, why);
-        else
-            record_failure(f, why);
+        batch_failed(f, rc == AC_ERR_NOMEM ? "out of memory" : "cannot add the writes");
         return;
     }
     if (intake_store_add_follow_done(f->txn, f->ids, f->n) < 0 ||
