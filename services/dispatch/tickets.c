@@ -77,13 +77,12 @@ static int batch_push(dispatch_t *self, const char *const *values)
     }
     char **row = &b->cells[b->n * DISPATCH_TICKET_NARGS];
     for (size_t j = 0; j < DISPATCH_TICKET_NARGS; j++) {
-        if (values[j] && !(row[j] = strdup(values[j]))) {
+        row[j] = values[j] ? strdup(values[j]) : NULL;
+        if (values[j] && !row[j]) {
             for (size_t k = 0; k < j; k++)
                 free(row[k]);
             return AC_ERR_NOMEM;
         }
-        if (!values[j])
-            row[j] = NULL;
     }
     b->n++;
     return 0;
