@@ -45,9 +45,16 @@ ac_auth_t *ac_auth_new(struct ev_loop *loop, struct ac_db *db);
 void ac_auth_destroy(ac_auth_t **self_p);
 /* Forward ac_db's on_notify here (it ignores other channels). */
 void ac_auth_on_notify(ac_auth_t *self, const char *channel, const char *payload);
-/* Role bit of a valid, unrevoked token; 0 when unknown. *name_out (name_out may be
- * NULL) is the token's name for logs, borrowed until the table next reloads. */
-int ac_auth_lookup(const ac_auth_t *self, const char *token, const char **name_out);
+/* Who a token is: its name (for logs and as the actor of changes) and, for an engineer's
+ * token that names one, the engineer's id ("" otherwise). Borrowed from the table until it
+ * next reloads. */
+typedef struct ac_principal {
+    const char *name;
+    const char *engineer_id;
+} ac_principal_t;
+/* Role bit of a valid, unrevoked token; 0 when unknown. *who_out (who_out may be NULL)
+ * is set for a known token, else to NULLs. */
+int ac_auth_lookup(const ac_auth_t *self, const char *token, ac_principal_t *who_out);
 /* 1 once the table has been loaded at least once. */
 int ac_auth_is_loaded(const ac_auth_t *self);
 

@@ -22,6 +22,8 @@
 
 #include "ac_err.h"
 
+struct ac_principal;
+
 struct ev_loop;
 struct json_t;
 struct ac_metrics;
@@ -49,9 +51,10 @@ typedef struct ac_http_config {
     unsigned timeout_s;            /* idle connection timeout; default 30 when 0 */
     const ac_http_route_t *routes; /* terminated by { NULL } */
     void *handler_arg;             /* passed to every handler */
-    /* Token -> role bit; 0 for an unknown token (401); negative when tokens cannot be
-     * checked yet, e.g. not loaded from the database (503 unavailable). */
-    int (*authenticate)(void *arg, const char *token, const char **name_out);
+    /* Token -> role bit, and who it is (ac_auth.h); 0 for an unknown token (401);
+     * negative when tokens cannot be checked yet, e.g. not loaded from the database (503
+     * unavailable). */
+    int (*authenticate)(void *arg, const char *token, struct ac_principal *who_out);
     void *auth_arg;
     /* /healthz: add one member per dependency to `checks` (e.g. "db": "up"), return 0 when
      * healthy (200 {"status":"ok",...}) or non-zero (503 {"status":"unavailable",...}). */
@@ -79,7 +82,9 @@ const char *ac_http_req_header(const ac_http_req_t *req, const char *name); /* N
 struct json_t *ac_http_req_json(const ac_http_req_t *req);
 int ac_http_req_role(const ac_http_req_t *req); /* caller's role bit (0 for public routes) */
 const char *ac_http_req_principal(const ac_http_req_t *req); /* token name, "" for public */
-const char *ac_http_req_id(const ac_http_req_t *req);        /* X-Request-Id, or a generated UUID */
+/* The engineer an engineer's token names (ac_auth.h), "" when none. */
+const char *ac_http_req_engineer(const ac_http_req_t *req);
+const char *ac_http_req_id(const ac_http_req_t *req); /* X-Request-Id, or a generated UUID */
 
 /* Adds a response header (copied) to the coming reply. */
 int ac_http_reply_header(ac_http_req_t *req, const char *name, const char *value);

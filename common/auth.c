@@ -18,6 +18,7 @@
 
 #include "ac_db.h"
 #include "ac_log.h"
+#include "ac_uuid.h"
 
 #define RETRY_S        1.0
 #define TOKEN_PREFIX   "act_"
@@ -25,16 +26,17 @@
 #define NOTIFY_CHANNEL "ac_auth"
 
 static const char SQL_LOAD_TOKENS[] =
-    "SELECT token_sha256, role, name FROM auth.tokens WHERE revoked_at IS NULL";
+    "SELECT token_sha256, role, name, engineer_id FROM auth.tokens WHERE revoked_at IS NULL";
 
 /* Index i is the role bit 1 << i. */
 static const char *const ROLE_NAMES[] = {"agent",     "engineer", "supervisor",
                                          "warehouse", "admin",    "integration"};
 
 typedef struct token_entry {
-    char hash[AC_TOKEN_HASH_LEN]; /* lowercase hex */
-    int role;                     /* one AC_ROLE_* bit */
-    char *name;                   /* owned; "" when the row has none */
+    char hash[AC_TOKEN_HASH_LEN];     /* lowercase hex */
+    int role;                         /* one AC_ROLE_* bit */
+    char *name;                       /* owned; "" when the row has none */
+    char engineer_id[AC_UUID_STRLEN]; /* the engineer an engineer's token names, or "" */
 } token_entry_t;
 
 struct ac_auth {
@@ -158,6 +160,8 @@ static int tokens_build(const PGresult *res, token_entry_t **out, size_t *n_out)
             ac_warn("auth: token \"%s\" has unknown role \"%s\"; ignored", name, role_name);
             continue;
         }
+        if (!PQgetisnull(res, i, 3))
+            snprintf(e->engineer_id, sizeof(e->engineer_id), "%s", PQgetvalue(res, i, 3));
         e->name = strdup(name);
         if (e->name == NULL) {
             tokens_free(tokens, n);
@@ -207,7 +211,7 @@ static void on_loaded(ac_db_txn_t *txn, int err, void *arg)
     const PGresult *res = ac_db_txn_result(txn, 0);
     token_entry_t *tokens = NULL;
     size_t n = 0;
-    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != 3) {
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != 4) {
         ac_db_txn_free(&txn);
         retry_later(self, "unexpected result");
         return;
@@ -292,10 +296,10 @@ void ac_auth_on_notify(ac_auth_t *self, const char *channel, const char *payload
     load_start(self);
 }
 
-int ac_auth_lookup(const ac_auth_t *self, const char *token, const char **name_out)
+int ac_auth_lookup(const ac_auth_t *self, const char *token, ac_principal_t *who_out)
 {
-    if (name_out != NULL)
-        *name_out = NULL;
+    if (who_out != NULL)
+        *who_out = (ac_principal_t){NULL, NULL};
     if (token == NULL || *token == '\0' || self->ntokens == 0)
         return 0;
     token_entry_t key = {.role = 0};
@@ -303,8 +307,8 @@ int ac_auth_lookup(const ac_auth_t *self, const char *token, const char **name_o
     const token_entry_t *e = bsearch(&key, self->tokens, self->ntokens, sizeof(key), entry_cmp);
     if (e == NULL)
         return 0;
-    if (name_out != NULL)
-        *name_out = e->name;
+    if (who_out != NULL)
+        *who_out = (ac_principal_t){e->name, e->engineer_id};
     return e->role;
 }
 

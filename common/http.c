@@ -81,11 +81,12 @@ struct ac_http_req {
     char *segments;                   /* owned; decoded path segments, NUL-separated */
     const char *params[MAX_SEGMENTS]; /* into segments: the {} matches */
     int nparams;
-    char id[MAX_REQUEST_ID_LEN + 1]; /* X-Request-Id */
-    int role;                        /* caller's role bit; 0 on public routes */
-    char *principal;                 /* owned; token name, "" on public routes */
-    int is_body_method;              /* POST/PUT/PATCH: a JSON object body is required */
-    char *body;                      /* owned; the upload so far */
+    char id[MAX_REQUEST_ID_LEN + 1];  /* X-Request-Id */
+    int role;                         /* caller's role bit; 0 on public routes */
+    char *principal;                  /* owned; token name, "" on public routes */
+    char engineer_id[AC_UUID_STRLEN]; /* the engineer the token names, or "" */
+    int is_body_method;               /* POST/PUT/PATCH: a JSON object body is required */
+    char *body;                       /* owned; the upload so far */
     size_t body_len, body_cap;
     size_t body_seen; /* bytes uploaded, kept or not */
     int is_body_too_big;
@@ -674,10 +675,10 @@ static void req_begin(ac_http_t *http, ac_http_req_t *req, const char *method)
         const char *authz =
             MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
         const char *token = bearer_token(authz);
-        const char *name = NULL;
+        ac_principal_t who = {NULL, NULL};
         int role = 0;
         if (token != NULL && http->cfg.authenticate != NULL)
-            role = http->cfg.authenticate(http->cfg.auth_arg, token, &name);
+            role = http->cfg.authenticate(http->cfg.auth_arg, token, &who);
         if (role < 0) {
             reply_error(req, 503, "unavailable", "%s",
                         "tokens are not loaded yet (database unavailable); retry shortly");
@@ -691,7 +692,9 @@ static void req_begin(ac_http_t *http, ac_http_req_t *req, const char *method)
             return;
         }
         req->role = role;
-        req->principal = strdup(name != NULL ? name : "");
+        req->principal = strdup(who.name != NULL ? who.name : "");
+        snprintf(req->engineer_id, sizeof(req->engineer_id), "%s",
+                 who.engineer_id != NULL ? who.engineer_id : "");
         if (req->principal == NULL) {
             reply_error(req, 500, "internal", "out of memory");
             return;
@@ -1118,6 +1121,11 @@ int ac_http_req_role(const ac_http_req_t *req)
 const char *ac_http_req_principal(const ac_http_req_t *req)
 {
     return req->principal != NULL ? req->principal : "";
+}
+
+const char *ac_http_req_engineer(const ac_http_req_t *req)
+{
+    return req->engineer_id;
 }
 
 const char *ac_http_req_id(const ac_http_req_t *req)

@@ -49,12 +49,12 @@ static void on_stop_deadline(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* --- HTTP glue ----------------------------------------------------------------------- */
 
-static int on_authenticate(void *arg, const char *token, const char **name_out)
+static int on_authenticate(void *arg, const char *token, ac_principal_t *who_out)
 {
     ac_service_t *self = arg;
     if (!self->auth || !ac_auth_is_loaded(self->auth))
         return -1; /* 503: a valid token must never be told it is unknown */
-    return ac_auth_lookup(self->auth, token, name_out);
+    return ac_auth_lookup(self->auth, token, who_out);
 }
 
 static int on_health(void *arg, json_t *checks)

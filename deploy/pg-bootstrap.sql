@@ -82,6 +82,13 @@ CREATE TABLE IF NOT EXISTS auth.tokens (
     revoked_at   timestamptz
 );
 ALTER TABLE auth.tokens OWNER TO ac_admin;
+-- An engineer's token names the engineer (dispatch.engineers.id; not a foreign key: the
+-- dispatch schema is another service's): dispatch lets it answer only that engineer's
+-- offers. NULL for every other role.
+ALTER TABLE auth.tokens ADD COLUMN IF NOT EXISTS engineer_id uuid;
+ALTER TABLE auth.tokens DROP CONSTRAINT IF EXISTS tokens_engineer_role;
+ALTER TABLE auth.tokens ADD CONSTRAINT tokens_engineer_role
+    CHECK (engineer_id IS NULL OR role = 'engineer');
 
 -- Every change to the table tells the services' token caches to reload.
 CREATE OR REPLACE FUNCTION auth.tokens_changed() RETURNS trigger

@@ -1172,6 +1172,13 @@ static const char *path_ticket(ac_http_req_t *req)
     return n;
 }
 
+/* Whose offers the caller may answer (dispatch.assignment_answer_refusal()): NULL = any
+ * (supervisor, admin); an engineer's token: the engineer it names, "" when none. */
+static const char *answerer(const ac_http_req_t *req)
+{
+    return ac_http_req_role(req) == AC_ROLE_ENGINEER ? ac_http_req_engineer(req) : NULL;
+}
+
 static void on_accept(ac_http_req_t *req, void *arg)
 {
     dispatch_t *self = arg;
@@ -1181,7 +1188,7 @@ static void on_accept(ac_http_req_t *req, void *arg)
         check_fields(req, fields) < 0)
         return;
     dispatch_http_sql(self, req, 1, DISPATCH_STMT_ASSIGNMENT_ACCEPT,
-                      (const char *[]){id, ac_http_req_principal(req)});
+                      (const char *[]){id, ac_http_req_principal(req), answerer(req)});
 }
 
 static void on_decline(ac_http_req_t *req, void *arg)
@@ -1193,9 +1200,9 @@ static void on_decline(ac_http_req_t *req, void *arg)
     if (dispatch_is_refused(self, req) || !(id = path_assignment(req)) ||
         check_fields(req, fields) < 0 || !(reason = get_reason(req, body)))
         return;
-    dispatch_http_sql(
-        self, req, 1, DISPATCH_STMT_ASSIGNMENT_DECLINE,
-        (const char *[]){id, ac_http_req_principal(req), reason, ac_http_req_id(req)});
+    dispatch_http_sql(self, req, 1, DISPATCH_STMT_ASSIGNMENT_DECLINE,
+                      (const char *[]){id, ac_http_req_principal(req), reason, ac_http_req_id(req),
+                                       answerer(req)});
 }
 
 static void on_assign(ac_http_req_t *req, void *arg)

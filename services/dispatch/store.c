@@ -58,9 +58,13 @@ static const char SQL_ASSIGN_TAKE[] =
 static const char SQL_ASSIGN_APPLY[] = "SELECT dispatch.assign_apply($1::jsonb)";
 static const char SQL_ASSIGN_ASYNC_COMMIT[] =
     "SELECT set_config('synchronous_commit', 'off', true)";
-static const char SQL_ASSIGNMENT_ACCEPT[] = "SELECT dispatch.assignment_accept($1::uuid, $2::text)";
+/* COALESCE evaluates the operation only when the caller may answer (migration 013) */
+static const char SQL_ASSIGNMENT_ACCEPT[] =
+    "SELECT coalesce(dispatch.assignment_answer_refusal($1::uuid, $3::text),"
+    " dispatch.assignment_accept($1::uuid, $2::text))";
 static const char SQL_ASSIGNMENT_DECLINE[] =
-    "SELECT dispatch.assignment_decline($1::uuid, $2::text, $3::text, $4::text)";
+    "SELECT coalesce(dispatch.assignment_answer_refusal($1::uuid, $5::text),"
+    " dispatch.assignment_decline($1::uuid, $2::text, $3::text, $4::text))";
 static const char SQL_TICKET_ASSIGN[] = "SELECT dispatch.ticket_assign($1::text, $2::uuid, "
                                         "$3::text, $4::text, $5::boolean, $6::text, $7::text)";
 static const char SQL_ASSIGNMENT_GET[] = "SELECT dispatch.assignment_get($1::uuid)";
@@ -180,8 +184,8 @@ const ac_db_stmt_t dispatch_stmts[DISPATCH_STMT__COUNT] = {
     [DISPATCH_STMT_ASSIGN_TAKE] = {SQL_ASSIGN_TAKE, 3},
     [DISPATCH_STMT_ASSIGN_APPLY] = {SQL_ASSIGN_APPLY, 1},
     [DISPATCH_STMT_ASSIGN_ASYNC_COMMIT] = {SQL_ASSIGN_ASYNC_COMMIT, 0},
-    [DISPATCH_STMT_ASSIGNMENT_ACCEPT] = {SQL_ASSIGNMENT_ACCEPT, 2},
-    [DISPATCH_STMT_ASSIGNMENT_DECLINE] = {SQL_ASSIGNMENT_DECLINE, 4},
+    [DISPATCH_STMT_ASSIGNMENT_ACCEPT] = {SQL_ASSIGNMENT_ACCEPT, 3},
+    [DISPATCH_STMT_ASSIGNMENT_DECLINE] = {SQL_ASSIGNMENT_DECLINE, 5},
     [DISPATCH_STMT_TICKET_ASSIGN] = {SQL_TICKET_ASSIGN, 7},
     [DISPATCH_STMT_ASSIGNMENT_GET] = {SQL_ASSIGNMENT_GET, 1},
     [DISPATCH_STMT_TICKET_ASSIGNMENTS] = {SQL_TICKET_ASSIGNMENTS, 1},

@@ -42,12 +42,12 @@ enum dispatch_stmt {
     DISPATCH_STMT_ASSIGN_TAKE,         /* dispatch.assign_take(limit, retry_roles, pass_start) */
     DISPATCH_STMT_ASSIGN_ASYNC_COMMIT, /* this transaction commits without waiting for fsync */
     DISPATCH_STMT_ASSIGN_APPLY,        /* dispatch.assign_apply(decisions) */
-    DISPATCH_STMT_ASSIGNMENT_ACCEPT,   /* dispatch.assignment_accept(id, actor) */
-    DISPATCH_STMT_ASSIGNMENT_DECLINE,  /* dispatch.assignment_decline(id, actor, reason, corr) */
-    DISPATCH_STMT_TICKET_ASSIGN,       /* dispatch.ticket_assign(number, engineer, kind, ...) */
-    DISPATCH_STMT_ASSIGNMENT_GET,      /* dispatch.assignment_get(id) */
-    DISPATCH_STMT_TICKET_ASSIGNMENTS,  /* dispatch.ticket_assignments(number) */
-    DISPATCH_STMT_ASSIGN_QUEUE_LIST,   /* dispatch.assign_queue_list(kind, unfilled, limit) */
+    DISPATCH_STMT_ASSIGNMENT_ACCEPT,   /* dispatch.assignment_accept(id, actor), as */
+    DISPATCH_STMT_ASSIGNMENT_DECLINE, /* dispatch.assignment_decline(id, actor, reason, corr), as */
+    DISPATCH_STMT_TICKET_ASSIGN,      /* dispatch.ticket_assign(number, engineer, kind, ...) */
+    DISPATCH_STMT_ASSIGNMENT_GET,     /* dispatch.assignment_get(id) */
+    DISPATCH_STMT_TICKET_ASSIGNMENTS, /* dispatch.ticket_assignments(number) */
+    DISPATCH_STMT_ASSIGN_QUEUE_LIST,  /* dispatch.assign_queue_list(kind, unfilled, limit) */
     /* -- sla.c -- */
     DISPATCH_STMT_SLA_START,       /* dispatch.sla_start(): clears the change queue */
     DISPATCH_STMT_SLA_ARMED,       /* armed deadlines after (due_at, id): binary rows, see below */

@@ -641,10 +641,11 @@ def make_token():
     return token, hashlib.sha256(token.encode()).hexdigest()
 
 
-def insert_token(db, role, name=None):
+def insert_token(db, role, name=None, engineer_id=None):
     token, digest = make_token()
-    db.rows("INSERT INTO auth.tokens (name, role, token_sha256) VALUES (%s, %s, %s)",
-            (name or unique("systest-" + role), role, digest))
+    db.rows("INSERT INTO auth.tokens (name, role, token_sha256, engineer_id) "
+            "VALUES (%s, %s, %s, %s)",
+            (name or unique("systest-" + role), role, digest, engineer_id))
     return token
 
 
@@ -864,6 +865,15 @@ class Stack:
         if key not in self._apis:
             self._apis[key] = Api(self.dispatch.url, self.tokens[role] if role else None, role)
         return self._apis[key]
+
+    def engineer_api(self, engineer_id):
+        """A session on dispatch with a new engineer token that names engineer_id (the
+        services learn of a new token through NOTIFY: waited for)."""
+        token = insert_token(self.db, "engineer", engineer_id=engineer_id)
+        api = Api(self.dispatch.url, token, "engineer")
+        wait_until(lambda: api.get("/v1/assignments/queue?limit=1").status_code == 200, 10, 0.05,
+                   "dispatch to accept the new engineer token")
+        return api
 
     def api(self, role):
         if role not in self._apis:

@@ -10,6 +10,7 @@ tickets a product model of its own (unique("M")) and its engineers that model as
 skill: the filters keep the tests apart."""
 
 import datetime
+import hashlib
 import signal
 import time
 
@@ -146,6 +147,11 @@ def wait_queued(api, number, timeout=15):
         return False
     wait_until(ready, timeout, 0.05, "%s to wait unfilled in the queue" % number)
     return got[0]
+
+
+def token_name(stack, api):
+    digest = hashlib.sha256(api.token.encode()).hexdigest()
+    return stack.db.scalar("SELECT name FROM auth.tokens WHERE token_sha256 = %s", (digest,))
 
 
 def state(db, number):
@@ -376,16 +382,17 @@ def test_capacity_holds_under_a_burst(astack, sup, sub):
 
 # ----------------------------------------------------------------------------- decline / accept
 
-def test_decline_moves_to_next_then_queue(astack, sup, eng_api, sub):
+def test_decline_moves_to_next_then_queue(astack, sup, sub):
     m = unique("M")
     a_eng = engineer(sup, m, level=5)
     b_eng = engineer(sup, m, level=3)
+    a_api, b_api = astack.engineer_api(a_eng["id"]), astack.engineer_api(b_eng["id"])
     mark = sub.mark()
     t = ticket(astack, product(astack, m))
     first = wait_current(sup, t["number"])
     assert first["engineer"]["id"] == a_eng["id"]
 
-    d = answer(eng_api, first["id"], "decline", {"reason": "on another site all day"})
+    d = answer(a_api, first["id"], "decline", {"reason": "on another site all day"})
     assert d["state"] == "declined" and d["end_reason"] == "on another site all day"
     assert open_jobs(astack.db, a_eng["id"]) == 0
     [dec] = wait_event(sub, "assignment.declined", t["number"], mark)
@@ -399,7 +406,7 @@ def test_decline_moves_to_next_then_queue(astack, sup, eng_api, sub):
     assert msgs[1].env.ticket_assigned.assignment.engineer_id == b_eng["id"]
 
     # the second one declines too: nobody is left; the ticket waits, the supervisor is told
-    answer(eng_api, second["id"], "decline", {"reason": "no parts"})
+    answer(b_api, second["id"], "decline", {"reason": "no parts"})
     [alert] = wait_event(sub, "assignment.unfilled", t["number"], mark)
     u = alert.env.assignment_unfilled
     assert u.kind == dispatch_pb2.ASSIGNMENT_KIND_DIAGNOSIS and "declined" in u.reason
@@ -418,9 +425,10 @@ def test_decline_moves_to_next_then_queue(astack, sup, eng_api, sub):
     assert history(sup, t["number"])["queued"] == []
 
 
-def test_accept_and_illegal_steps(astack, sup, eng_api, sub):
+def test_accept_and_illegal_steps(astack, sup, sub):
     m = unique("M")
     e = engineer(sup, m, level=4, capacity=5)
+    eng_api = astack.engineer_api(e["id"])
     prod = product(astack, m)
     mark = sub.mark()
     t = ticket(astack, prod)
@@ -459,6 +467,35 @@ def test_accept_and_illegal_steps(astack, sup, eng_api, sub):
     assert_error(astack.dispatch_api(None).get("/v1/assignments/" + a["id"]), 401)
     assert agent.must(agent.get("/v1/assignments/" + a["id"]), 200)["state"] == "accepted"
     assert (state(astack.db, t["number"]), state(astack.db, t2["number"])) == before
+
+
+def test_offer_is_answered_by_its_engineer_or_a_supervisor(astack, sup, eng_api):
+    """An engineer's token answers only the offers made to the engineer it names; a token
+    naming nobody answers none; a supervisor answers any. A refusal changes nothing."""
+    m = unique("M")
+    mine = engineer(sup, m, level=5, capacity=5)
+    other = engineer(sup, m, level=1, capacity=5, regions=("south",))
+    mine_api, other_api = astack.engineer_api(mine["id"]), astack.engineer_api(other["id"])
+    prod = product(astack, m)
+    t = ticket(astack, prod)
+    a = wait_current(sup, t["number"])
+    assert a["engineer"]["id"] == mine["id"]
+    before = state(astack.db, t["number"])
+    for verb, body in (("accept", {}), ("decline", {"reason": "not mine"})):
+        path = "/v1/assignments/%s/%s" % (a["id"], verb)
+        assert_error(other_api.post(path, json=body), 403, "not_your_assignment")
+        err = assert_error(eng_api.post(path, json=body), 403, "forbidden")  # names nobody
+        assert "--engineer" in err["message"]
+    assert state(astack.db, t["number"]) == before  # no change, no event in the outbox
+    acc = answer(mine_api, a["id"], "accept", {})
+    assert acc["state"] == "accepted"
+    assert acc["decided_by"] == token_name(astack, mine_api)
+
+    # a supervisor may answer an offer made to anyone
+    t2 = ticket(astack, prod)
+    a2 = wait_current(sup, t2["number"])
+    dec = answer(sup, a2["id"], "decline", {"reason": "engineer called in sick"})
+    assert dec["state"] == "declined" and dec["decided_by"] == token_name(astack, sup)
 
 
 # ----------------------------------------------------------------------------- no fit

@@ -49,6 +49,30 @@ def test_token_create_stores_only_a_hash(stack, cli_token):
     assert p.returncode == 2 and p.stdout == ""
 
 
+def test_engineer_token_names_its_engineer(stack):
+    """token create --engineer: stored with the token, shown by token list; refused for
+    another role or a malformed id (exit 2, nothing stored)."""
+    import hashlib
+    import uuid
+    eng = str(uuid.uuid4())
+    name = unique("cli-eng")
+    p = ctl(stack, "token", "create", "--role", "engineer", "--engineer", eng, "--name", name)
+    assert p.returncode == 0, p.stderr
+    digest = hashlib.sha256(p.stdout.strip().encode()).hexdigest()
+    assert str(stack.db.scalar("SELECT engineer_id FROM auth.tokens WHERE token_sha256 = %s",
+                               (digest,))) == eng
+    listed = ctl(stack, "token", "list")
+    assert listed.returncode == 0, listed.stderr
+    [line] = [x for x in listed.stdout.splitlines() if x.startswith(name + " ")]
+    assert line.split()[1] == "engineer" and line.split()[-1] == eng
+    for args, msg in ((["--role", "agent", "--engineer", eng], "role engineer only"),
+                      (["--role", "engineer", "--engineer", "bob"], "a UUID")):
+        bad = unique("cli-bad")
+        p = ctl(stack, "token", "create", "--name", bad, *args)
+        assert p.returncode == 2 and p.stdout == "" and msg in p.stderr, p.stderr
+        assert stack.db.scalar("SELECT count(*) FROM auth.tokens WHERE name = %s", (bad,)) == 0
+
+
 def test_ticket_create_show_list(stack, cli_token):
     cust = stack.api("agent").new_customer()
     p = ctl(stack, "ticket", "create", "--customer", cust["id"], "--category", "consultation",

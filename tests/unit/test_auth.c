@@ -82,24 +82,27 @@ const char *ac_db_txn_errmsg(const ac_db_txn_t *t)
     return "relation \"auth.tokens\" does not exist";
 }
 
+#define ENGINEER_ID "0b6f1c9e-3d2a-4c51-9e7f-2a8d4b6c1e30"
+
 typedef struct row {
-    const char *hash, *role, *name;
+    const char *hash, *role, *name, *engineer_id;
 } row_t;
 
 static PGresult *make_result(const row_t *rows, int n)
 {
-    char c0[] = "token_sha256", c1[] = "role", c2[] = "name";
-    PGresAttDesc attrs[3] = {
+    char c0[] = "token_sha256", c1[] = "role", c2[] = "name", c3[] = "engineer_id";
+    PGresAttDesc attrs[4] = {
         {.name = c0, .typid = 25, .typlen = -1, .atttypmod = -1},
         {.name = c1, .typid = 25, .typlen = -1, .atttypmod = -1},
         {.name = c2, .typid = 25, .typlen = -1, .atttypmod = -1},
+        {.name = c3, .typid = 2950, .typlen = 16, .atttypmod = -1},
     };
     PGresult *res = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
     assert_non_null(res);
-    assert_int_equal(PQsetResultAttrs(res, 3, attrs), 1);
+    assert_int_equal(PQsetResultAttrs(res, 4, attrs), 1);
     for (int i = 0; i < n; i++) {
-        const char *cells[3] = {rows[i].hash, rows[i].role, rows[i].name};
-        for (int c = 0; c < 3; c++) {
+        const char *cells[4] = {rows[i].hash, rows[i].role, rows[i].name, rows[i].engineer_id};
+        for (int c = 0; c < 4; c++) {
             char buf[128];
             snprintf(buf, sizeof(buf), "%s", cells[c] != NULL ? cells[c] : "");
             int len = cells[c] != NULL ? (int)strlen(buf) : -1;
@@ -226,21 +229,24 @@ static void test_first_load_fills_the_table(void **state)
     for (int i = 0; i < AC_TOKEN_HASH_LEN; i++)
         upper_c[i] = (char)(fx->hash_c[i] >= 'a' ? fx->hash_c[i] - 'a' + 'A' : fx->hash_c[i]);
     const row_t rows[] = {
-        {fx->hash_a, "agent", "alice"},
-        {fx->hash_b, "overlord", "bob"}, /* unknown role: ignored */
-        {"not-a-hash", "admin", "mallory"},
-        {upper_c, "admin", NULL}, /* upper-case hex accepted; NULL name -> "" */
+        {fx->hash_a, "engineer", "alice", ENGINEER_ID},
+        {fx->hash_b, "overlord", "bob", NULL}, /* unknown role: ignored */
+        {"not-a-hash", "admin", "mallory", NULL},
+        {upper_c, "admin", NULL, NULL}, /* upper-case hex accepted; NULL name -> "" */
     };
     complete_load(0, rows, 4);
     assert_true(ac_auth_is_loaded(fx->auth));
 
-    const char *name = "unset";
-    assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_a, &name), AC_ROLE_AGENT);
-    assert_string_equal(name, "alice");
-    assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_b, &name), 0);
-    assert_null(name);
-    assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_c, &name), AC_ROLE_ADMIN);
-    assert_string_equal(name, "");
+    ac_principal_t who = {"unset", "unset"};
+    assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_a, &who), AC_ROLE_ENGINEER);
+    assert_string_equal(who.name, "alice");
+    assert_string_equal(who.engineer_id, ENGINEER_ID);
+    assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_b, &who), 0);
+    assert_null(who.name);
+    assert_null(who.engineer_id);
+    assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_c, &who), AC_ROLE_ADMIN);
+    assert_string_equal(who.name, "");
+    assert_string_equal(who.engineer_id, "");                        /* NULL engineer_id -> "" */
     assert_int_equal(ac_auth_lookup(fx->auth, fx->hash_a, NULL), 0); /* the hash is no token */
     assert_int_equal(ac_auth_lookup(fx->auth, "", NULL), 0);
     assert_int_equal(ac_auth_lookup(fx->auth, NULL, NULL), 0);
@@ -249,7 +255,8 @@ static void test_first_load_fills_the_table(void **state)
 static void test_notify_reloads_and_revokes(void **state)
 {
     fixture_t *fx = *state;
-    const row_t two[] = {{fx->hash_a, "agent", "alice"}, {fx->hash_b, "engineer", "bob"}};
+    const row_t two[] = {{fx->hash_a, "agent", "alice", NULL},
+                         {fx->hash_b, "engineer", "bob", NULL}};
     complete_load(0, two, 2);
     assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_b, NULL), AC_ROLE_ENGINEER);
 
@@ -259,7 +266,7 @@ static void test_notify_reloads_and_revokes(void **state)
 
     ac_auth_on_notify(fx->auth, "ac_auth", "");
     assert_int_equal(fake.ncommits, 2);
-    const row_t one[] = {{fx->hash_a, "agent", "alice"}}; /* bob's token was revoked */
+    const row_t one[] = {{fx->hash_a, "agent", "alice", NULL}}; /* bob's token was revoked */
     complete_load(0, one, 1);
     assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_a, NULL), AC_ROLE_AGENT);
     assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_b, NULL), 0);
@@ -279,12 +286,12 @@ static void test_notify_during_a_load_reloads_once_after_it(void **state)
     ac_auth_on_notify(fx->auth, "ac_auth", "");
     assert_int_equal(fake.ncommits, 1); /* still the first load */
 
-    const row_t stale[] = {{fx->hash_a, "agent", "alice"}};
+    const row_t stale[] = {{fx->hash_a, "agent", "alice", NULL}};
     complete_load(0, stale, 1);
     assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_a, NULL), AC_ROLE_AGENT);
     assert_int_equal(fake.ncommits, 2); /* one more, for the notifications meanwhile */
 
-    const row_t fresh[] = {{fx->hash_c, "warehouse", "carol"}};
+    const row_t fresh[] = {{fx->hash_c, "warehouse", "carol", NULL}};
     complete_load(0, fresh, 1);
     assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_a, NULL), 0);
     assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_c, NULL), AC_ROLE_WAREHOUSE);
@@ -304,7 +311,7 @@ static int run_until_retried(fixture_t *fx)
 static void test_failed_loads_retry_after_a_second(void **state)
 {
     fixture_t *fx = *state;
-    const row_t one[] = {{fx->hash_a, "agent", "alice"}};
+    const row_t one[] = {{fx->hash_a, "agent", "alice", NULL}};
     complete_load(0, one, 1);
 
     /* Commit refused at once (database down): the old table stays; retried later. */
@@ -323,7 +330,7 @@ static void test_failed_loads_retry_after_a_second(void **state)
     complete_load(AC_ERR_DB, NULL, 0);
     assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_a, NULL), AC_ROLE_AGENT);
     assert_true(run_until_retried(fx));
-    const row_t other[] = {{fx->hash_b, "supervisor", "bob"}};
+    const row_t other[] = {{fx->hash_b, "supervisor", "bob", NULL}};
     complete_load(0, other, 1);
     assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_a, NULL), 0);
     assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_b, NULL), AC_ROLE_SUPERVISOR);
@@ -337,12 +344,12 @@ static void test_notify_while_retrying_loads_at_once(void **state)
     assert_false(ac_auth_is_loaded(fx->auth));
     ac_auth_on_notify(fx->auth, NULL, NULL); /* reconnected before the retry */
     assert_non_null(fake.in_flight);
-    const row_t one[] = {{fx->hash_a, "integration", "crm"}};
+    const row_t one[] = {{fx->hash_a, "integration", "crm", NULL}};
     complete_load(0, one, 1);
     assert_true(ac_auth_is_loaded(fx->auth));
-    const char *name = NULL;
-    assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_a, &name), AC_ROLE_INTEGRATION);
-    assert_string_equal(name, "crm");
+    ac_principal_t who;
+    assert_int_equal(ac_auth_lookup(fx->auth, fx->tok_a, &who), AC_ROLE_INTEGRATION);
+    assert_string_equal(who.name, "crm");
     /* The cancelled retry timer does not start a second load. */
     ev_tstamp until = ev_time() + 1.3;
     while (ev_time() < until)
@@ -359,7 +366,7 @@ static void test_many_tokens(void **state)
     for (int i = 0; i < N; i++) {
         assert_int_equal(ac_token_generate(toks[i]), 0);
         ac_token_hash(toks[i], hashes[i]);
-        rows[i] = (row_t){hashes[i], i % 2 ? "agent" : "engineer", "bulk"};
+        rows[i] = (row_t){hashes[i], i % 2 ? "agent" : "engineer", "bulk", NULL};
     }
     complete_load(0, rows, N);
     for (int i = 0; i < N; i++)

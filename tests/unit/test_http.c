@@ -64,6 +64,8 @@ static void on_sync(ac_http_req_t *req, void *arg)
     const char *q = ac_http_req_query(req, "q");
     if (q != NULL)
         json_object_set_new(body, "q", json_string(q));
+    if (ac_http_req_engineer(req)[0] != '\0')
+        json_object_set_new(body, "engineer", json_string(ac_http_req_engineer(req)));
     const char *custom = ac_http_req_header(req, "x-custom"); /* case-insensitive */
     if (custom != NULL)
         json_object_set_new(body, "custom", json_string(custom));
@@ -146,21 +148,24 @@ static const ac_http_route_t ROUTES[] = {
     {NULL, NULL, 0, NULL, NULL},
 };
 
-static int stub_authenticate(void *arg, const char *token, const char **name_out)
+#define ENGINEER_ID "5d0c7a8e-1f42-4b9a-8c3e-6a1b2d4f9e07"
+
+static int stub_authenticate(void *arg, const char *token, ac_principal_t *who_out)
 {
     static const struct {
         const char *token;
         int role;
-        const char *name;
+        const char *name, *engineer_id;
     } tokens[] = {
-        {"agent-token", AC_ROLE_AGENT, "alice"},
-        {"sup-token", AC_ROLE_SUPERVISOR, "sam"},
-        {"admin-token", AC_ROLE_ADMIN, "root"},
-        {"wh-token", AC_ROLE_WAREHOUSE, "walt"},
+        {"agent-token", AC_ROLE_AGENT, "alice", ""},
+        {"sup-token", AC_ROLE_SUPERVISOR, "sam", ""},
+        {"admin-token", AC_ROLE_ADMIN, "root", ""},
+        {"wh-token", AC_ROLE_WAREHOUSE, "walt", ""},
+        {"eng-token", AC_ROLE_ENGINEER, "erin", ENGINEER_ID},
     };
     for (size_t i = 0; i < AC_ARRAY_LEN(tokens); i++) {
         if (strcmp(token, tokens[i].token) == 0) {
-            *name_out = tokens[i].name;
+            *who_out = (ac_principal_t){tokens[i].name, tokens[i].engineer_id};
             return tokens[i].role;
         }
     }
@@ -594,6 +599,25 @@ static void test_forbidden(void **state)
     response_free(&r);
 }
 
+/* An engineer's token names its engineer; handlers see it (and no other token does). */
+static void test_engineer_principal(void **state)
+{
+    fixture_t *fx = *state;
+    response_t r;
+    fetch(fx, &r, "GET", "/v1/sync", "Authorization: Bearer eng-token\r\n", NULL);
+    assert_int_equal(r.status, 200);
+    json_t *j = body_json(&r);
+    assert_string_equal(json_string_value(json_object_get(j, "principal")), "erin");
+    assert_string_equal(json_string_value(json_object_get(j, "engineer")), ENGINEER_ID);
+    json_decref(j);
+    response_free(&r);
+    fetch(fx, &r, "GET", "/v1/sync", SUP, NULL);
+    j = body_json(&r);
+    assert_null(json_object_get(j, "engineer"));
+    json_decref(j);
+    response_free(&r);
+}
+
 static void test_body_size_limits(void **state)
 {
     fixture_t *fx = *state;
@@ -960,6 +984,7 @@ int main(void)
         T(test_not_found_and_method_not_allowed),
         T(test_unauthorized),
         T(test_forbidden),
+        T(test_engineer_principal),
         T(test_body_size_limits),
         T(test_content_type),
         T(test_malformed_json),

@@ -88,7 +88,8 @@ typedef struct ctl_token_row {
     const char *name; /* borrowed: valid during the callback only */
     const char *role;
     const char *created_at;
-    const char *revoked_at; /* NULL when active */
+    const char *revoked_at;  /* NULL when active */
+    const char *engineer_id; /* NULL unless an engineer's token names one */
 } ctl_token_row_t;
 
 /* Connects (blocking). NULL on failure, with the reason printed. */
@@ -96,7 +97,7 @@ ctl_store_t *ctl_store_open(const char *conninfo);
 void ctl_store_close(ctl_store_t **self_p);
 /* 0, AC_ERR_CONFLICT (an active token has that name), AC_ERR_DB (printed). */
 int ctl_store_token_insert(ctl_store_t *self, const char *name, const char *role,
-                           const char *token_hash) AC_WUR;
+                           const char *token_hash, const char *engineer_id) AC_WUR;
 /* Calls fn for every token, oldest first. 0 or AC_ERR_DB (printed). */
 int ctl_store_token_list(ctl_store_t *self, void (*fn)(const ctl_token_row_t *row, void *arg),
                          void *arg) AC_WUR;

@@ -16,15 +16,15 @@ struct ctl_store {
 /* Names identify tokens for `token revoke`, so at most one active token has a name.
  * (The table itself allows reuse of a name once the old token is revoked.) */
 static const char SQL_TOKEN_INSERT[] =
-    "INSERT INTO auth.tokens (name, role, token_sha256) "
-    "SELECT $1, $2, $3 WHERE NOT EXISTS "
+    "INSERT INTO auth.tokens (name, role, token_sha256, engineer_id) "
+    "SELECT $1, $2, $3, $4::uuid WHERE NOT EXISTS "
     "(SELECT 1 FROM auth.tokens WHERE name = $1 AND revoked_at IS NULL) "
     "RETURNING id";
 
 static const char SQL_TOKEN_LIST[] =
     "SELECT name, role, "
     "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
-    "to_char(revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+    "to_char(revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), engineer_id "
     "FROM auth.tokens ORDER BY created_at, name";
 
 static const char SQL_TOKEN_REVOKE[] =
@@ -103,10 +103,10 @@ static PGresult *exec(ctl_store_t *self, const char *sql, int nparams, const cha
 }
 
 int ctl_store_token_insert(ctl_store_t *self, const char *name, const char *role,
-                           const char *token_hash)
+                           const char *token_hash, const char *engineer_id)
 {
-    const char *params[] = {name, role, token_hash};
-    PGresult *res = exec(self, SQL_TOKEN_INSERT, 3, params, PGRES_TUPLES_OK);
+    const char *params[] = {name, role, token_hash, engineer_id};
+    PGresult *res = exec(self, SQL_TOKEN_INSERT, 4, params, PGRES_TUPLES_OK);
     if (res == NULL)
         return AC_ERR_DB;
     int rc = PQntuples(res) == 1 ? 0 : AC_ERR_CONFLICT;
@@ -126,6 +126,7 @@ int ctl_store_token_list(ctl_store_t *self, void (*fn)(const ctl_token_row_t *ro
             .role = PQgetvalue(res, i, 1),
             .created_at = PQgetvalue(res, i, 2),
             .revoked_at = PQgetisnull(res, i, 3) ? NULL : PQgetvalue(res, i, 3),
+            .engineer_id = PQgetisnull(res, i, 4) ? NULL : PQgetvalue(res, i, 4),
         };
         fn(&row, arg);
     }

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "ac_auth.h"
+#include "ac_uuid.h"
 
 #define CTL_TOKEN_NAME_MAX 200
 
@@ -21,6 +22,7 @@ enum {
     OPT_DB = 256,
     OPT_ROLE,
     OPT_NAME,
+    OPT_ENGINEER,
 };
 
 /* "agent, engineer, ..." into buf. */
@@ -51,26 +53,30 @@ static int is_valid_name(const char *s)
 /* --- token create ----------------------------------------------------------------------- */
 
 static const char CREATE_HELP[] =
-    "Usage: aftercarectl token create --role ROLE [--name NAME] [--db CONNINFO]\n"
+    "Usage: aftercarectl token create --role ROLE [--name NAME] [--engineer ID] [--db CONNINFO]\n"
     "\n"
     "Creates an API bearer token and prints it (only the token) on stdout; it is not shown\n"
     "again. Only its SHA-256 is stored.\n"
     "\n"
     "      --role ROLE        agent, engineer, supervisor, warehouse, admin, integration\n"
     "      --name NAME        a name to list and revoke it by (default: ROLE-<time>-<pid>);\n"
-    "                         no two active tokens share a name\n" CTL_DB_HELP;
+    "                         no two active tokens share a name\n"
+    "      --engineer ID      role engineer only: the engineer (dispatch's id) the token\n"
+    "                         belongs to; it may answer only that engineer's offers, and an\n"
+    "                         engineer token without one may answer none\n" CTL_DB_HELP;
 
 int ctl_token_create(ctl_globals_t *g, int argc, char **argv)
 {
     static const struct option options[] = {
         {"role", required_argument, NULL, OPT_ROLE},
         {"name", required_argument, NULL, OPT_NAME},
+        {"engineer", required_argument, NULL, OPT_ENGINEER},
         {"db", required_argument, NULL, OPT_DB},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "token create ";
-    const char *role = NULL, *name = NULL;
+    const char *role = NULL, *name = NULL, *engineer = NULL;
     char roles[128], default_name[96];
     int c, rc;
 
@@ -81,6 +87,9 @@ int ctl_token_create(ctl_globals_t *g, int argc, char **argv)
             break;
         case OPT_NAME:
             name = optarg;
+            break;
+        case OPT_ENGINEER:
+            engineer = optarg;
             break;
         case OPT_DB:
             g->db = optarg;
@@ -100,6 +109,11 @@ int ctl_token_create(ctl_globals_t *g, int argc, char **argv)
     if (ac_role_parse(role) == 0)
         return ctl_usage_error(cmd, "unknown role '%s'; valid roles: %s", role,
                                role_list(roles, sizeof roles));
+    if (engineer != NULL && ac_role_parse(role) != AC_ROLE_ENGINEER)
+        return ctl_usage_error(cmd, "--engineer is for role engineer only");
+    if (engineer != NULL && !ac_uuid_is_valid(engineer))
+        return ctl_usage_error(cmd, "--engineer must be an engineer's id (a UUID), not '%s'",
+                               engineer);
     if (name == NULL) {
         time_t now = time(NULL);
         struct tm tm;
@@ -125,7 +139,8 @@ int ctl_token_create(ctl_globals_t *g, int argc, char **argv)
     }
     ac_token_hash(token, hash);
     /* The canonical role name, whatever spelling ac_role_parse() accepted. */
-    int err = ctl_store_token_insert(store, name, ac_role_name(ac_role_parse(role)), hash);
+    int err =
+        ctl_store_token_insert(store, name, ac_role_name(ac_role_parse(role)), hash, engineer);
     ctl_store_close(&store);
     if (err == AC_ERR_CONFLICT) {
         ctl_err("an active token named '%s' already exists: choose another --name, or revoke "
@@ -149,17 +164,18 @@ int ctl_token_create(ctl_globals_t *g, int argc, char **argv)
 
 static const char LIST_HELP[] = "Usage: aftercarectl token list [--db CONNINFO]\n"
                                 "\n"
-                                "Lists API tokens (names and roles, never the tokens), oldest "
-                                "first.\n"
+                                "Lists API tokens (names, roles and the engineer an engineer's "
+                                "token belongs to; never the tokens), oldest first.\n"
                                 "\n" CTL_DB_HELP;
 
 static void print_token_row(const ctl_token_row_t *row, void *arg)
 {
     int *count = arg;
     if ((*count)++ == 0)
-        printf("%-32s %-12s %-21s %s\n", "NAME", "ROLE", "CREATED", "REVOKED");
-    printf("%-32s %-12s %-21s %s\n", row->name, row->role, row->created_at,
-           row->revoked_at != NULL ? row->revoked_at : "-");
+        printf("%-32s %-12s %-21s %-21s %s\n", "NAME", "ROLE", "CREATED", "REVOKED", "ENGINEER");
+    printf("%-32s %-12s %-21s %-21s %s\n", row->name, row->role, row->created_at,
+           row->revoked_at != NULL ? row->revoked_at : "-",
+           row->engineer_id != NULL ? row->engineer_id : "-");
 }
 
 int ctl_token_list(ctl_globals_t *g, int argc, char **argv)
