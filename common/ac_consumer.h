@@ -161,6 +161,12 @@ int ac_consumer_migrate(const char *conninfo, const char *schema, double wait_s)
 ac_consumer_t *ac_consumer_new(struct ev_loop *loop, const ac_consumer_config_t *cfg);
 /* Rolls back the transaction in flight (its events come again after a restart). */
 void ac_consumer_destroy(ac_consumer_t **self_p);
+/* The database may have lost recent commits (it restarted: call this when the service's
+ * listening connection reconnects). A commit that was acknowledged without waiting for
+ * the disk (is_commit_async) can be gone, and with it the checkpoint the consumer goes on
+ * from. Once no batch is in flight, every source's checkpoint is read again and the
+ * consumer goes on from there (replaying what was lost). Database mode only; safe on NULL. */
+void ac_consumer_recheck(ac_consumer_t *self);
 void ac_consumer_stats(const ac_consumer_t *self, ac_consumer_stats_t *out);
 /* The next sequence expected from source (checkpoint + 1 once known); 0 if not followed
  * or not positioned yet. */

@@ -146,6 +146,7 @@ struct ac_consumer {
     uint64_t txn_last;    /* where it moves the checkpoint (past filtered ranges too) */
     ev_timer apply_retry; /* backoff after a failed batch */
     ac_backoff_t apply_backoff;
+    int is_recheck_wanted; /* re-read the checkpoints before the next batch */
     char sql_advance[SQL_MAX], sql_load[SQL_MAX], sql_dead[SQL_MAX];
     /* malformed messages: counted always, logged a few per window */
     ev_tstamp garbage_window_at;
@@ -776,6 +777,12 @@ static void pump_database(ac_consumer_t *c)
 {
     if (c->txn || ev_is_active(&c->apply_retry) || c->nsources == 0)
         return;
+    if (c->is_recheck_wanted) { /* ac_consumer_recheck(): each source goes on from its row */
+        c->is_recheck_wanted = 0;
+        for (size_t k = 0; k < c->nsources; k++)
+            if (c->sources[k]->is_positioned)
+                load_checkpoint(c->sources[k]);
+    }
     for (size_t k = 0; k < c->nsources; k++) {
         csource_t *s = c->sources[(c->turn + k) % c->nsources];
         if (!s->is_positioned || s->load_txn)
@@ -1462,6 +1469,14 @@ void ac_consumer_destroy(ac_consumer_t **self_p)
     ac_zsock_destroy(&c->dealer);
     free(c);
     *self_p = NULL;
+}
+
+void ac_consumer_recheck(ac_consumer_t *self)
+{
+    if (self == NULL || self->cfg->db == NULL)
+        return;
+    self->is_recheck_wanted = 1;
+    pump(self);
 }
 
 void ac_consumer_stats(const ac_consumer_t *self, ac_consumer_stats_t *out)

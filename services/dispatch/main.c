@@ -71,6 +71,9 @@ static void on_db_notify(void *arg, const char *channel, const char *payload)
         dispatch_emitter_on_notify(self);
         dispatch_assignment_on_notify(self, NULL);
         dispatch_sla_on_notify(self, NULL);
+        /* perhaps a restarted server: the consumer's last commits (not waited for) may be
+         * gone */
+        ac_consumer_recheck(self->consumer);
         if (self->auth)
             ac_auth_on_notify(self->auth, NULL, NULL);
     } else if (strcmp(channel, "dispatch_assign") == 0)

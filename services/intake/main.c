@@ -60,8 +60,11 @@ static void on_db_notify(void *arg, const char *channel, const char *payload)
         intake_follow_on_notify(self);
         return;
     }
-    if (!channel) /* the listening connection (re)connected: notifications were missed */
+    if (!channel) { /* the listening connection (re)connected: notifications were missed, and
+                     * a restarted server may have lost the consumer's last commits */
         intake_follow_on_notify(self);
+        ac_consumer_recheck(self->consumer);
+    }
     if (self->auth)
         ac_auth_on_notify(self->auth, channel, payload);
 }
