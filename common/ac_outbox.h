@@ -82,6 +82,17 @@ int ac_outbox_rows_append(ac_outbox_rows_t *r, const char *event_id, const char 
  * with every row appended so far (the envelopes as a binary bytea[]). */
 int ac_outbox_rows_add(struct ac_db_txn *t, int stmt, ac_outbox_rows_t *r) AC_WUR;
 void ac_outbox_rows_clear(ac_outbox_rows_t *r);
+
+/* Queues, on t and before its outbox inserts, that this transaction's inserts send no
+ * NOTIFY; the writer calls ac_outbox_wake() once the commit has succeeded (or its outcome
+ * is unknown). For a busy writer in the relay's own process: a NOTIFY holds PostgreSQL's
+ * database-wide NOTIFY lock until the commit is on disk, so every other notifying commit
+ * waits behind a synchronous one. A wake that is lost (a crash right after COMMIT) costs
+ * at most the relay's one-second poll. */
+int ac_outbox_add_self_wake(struct ac_db_txn *t) AC_WUR;
+
+/* Wakes the relay at once, as its NOTIFY would. NULL: nothing. */
+void ac_outbox_wake(ac_outbox_t *self);
 /* Last sequence handed to the bus socket (0 before the first). */
 uint64_t ac_outbox_published_seq(const ac_outbox_t *self);
 

@@ -174,11 +174,24 @@ static const char OUTBOX_V3[] =
     " END IF;"
     " END $g$;";
 
+/* A writer that wakes its own relay (ac_outbox_add_self_wake()) sends no NOTIFY: a
+ * notifying transaction holds PostgreSQL's database-wide NOTIFY lock from its commit until
+ * its WAL is on disk, so a synchronous commit that notifies makes every other notifying
+ * commit of the database wait for its disk flush. */
+static const char OUTBOX_V4[] =
+    "CREATE OR REPLACE FUNCTION %1$s.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS"
+    " $f$ BEGIN INSERT INTO %1$s.outbox_pending (id) SELECT id FROM new_rows;"
+    " IF current_setting('aftercare.outbox_wake', true) IS DISTINCT FROM 'self' THEN"
+    "  PERFORM pg_notify('%1$s_outbox', '');"
+    " END IF;"
+    " RETURN NULL; END $f$;";
+
 int ac_outbox_migrate(const char *conninfo, const char *schema, double wait_s)
 {
     char v1[sizeof(OUTBOX_V1) + (size_t)16 * SCHEMA_MAX];
     char v2[sizeof(OUTBOX_V2) + (size_t)4 * SCHEMA_MAX];
     char v3[sizeof(OUTBOX_V3) + (size_t)32 * SCHEMA_MAX];
+    char v4[sizeof(OUTBOX_V4) + (size_t)4 * SCHEMA_MAX];
     if (!schema_is_valid(schema)) {
         ac_error("outbox: invalid schema name \"%s\"", schema);
         return AC_ERR_INVALID;
@@ -186,9 +199,11 @@ int ac_outbox_migrate(const char *conninfo, const char *schema, double wait_s)
     snprintf(v1, sizeof(v1), OUTBOX_V1, schema);
     snprintf(v2, sizeof(v2), OUTBOX_V2, schema);
     snprintf(v3, sizeof(v3), OUTBOX_V3, schema);
+    snprintf(v4, sizeof(v4), OUTBOX_V4, schema);
     const ac_migration_t migrations[] = {{1, "001_outbox", v1},
                                          {2, "002_grant_bus", v2},
                                          {3, "003_numbering_table", v3},
+                                         {4, "004_self_wake", v4},
                                          {0, NULL, NULL}};
     return ac_db_migrate(conninfo, schema, "outbox", migrations, wait_s);
 }
@@ -547,6 +562,18 @@ static void on_bus_ready(void *arg)
         self->seen_generation = g;
     }
     relay_kick(self);
+}
+
+int ac_outbox_add_self_wake(struct ac_db_txn *t)
+{
+    return ac_db_txn_add_sql(t, "SELECT set_config('aftercare.outbox_wake', 'self', true)", 0, NULL,
+                             NULL, NULL);
+}
+
+void ac_outbox_wake(ac_outbox_t *self)
+{
+    if (self)
+        relay_kick(self);
 }
 
 static void on_outbox_notify(void *arg, const char *channel, const char *payload)

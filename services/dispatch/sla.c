@@ -97,6 +97,7 @@ typedef struct dispatch_sla {
     /* sync and compute: one call at a time each, once more when asked meanwhile */
     int is_syncing, is_sync_again;
     int is_computing, is_compute_again;
+    int is_page_full; /* the computation in flight read a whole DIRTY_PAGE */
     /* firing: popped from the set, not yet sent */
     dispatch_deadline_t *due; /* owned: due[due_head .. n_due) wait */
     size_t due_head, n_due, cap_due;
@@ -593,9 +594,12 @@ static void on_saved(void *arg, int err, const json_t *result)
     arm_items(sla, json_object_get(body, "armed"));
     if (saved > 0)
         ac_metrics_add(sla->svc->metrics, "sla_clocks_computed_total", NULL, (double)saved);
-    if (sla->is_compute_again || saved + stale > 0) { /* more may be dirty */
+    if (sla->is_page_full) { /* more are dirty: at once */
         sla->is_compute_again = 0;
         compute_kick(sla);
+    } else if (sla->is_compute_again || stale > 0) { /* new ones (a NOTIFY), or skipped */
+        sla->is_compute_again = 0;
+        compute_soon(sla);
     }
 }
 
@@ -621,10 +625,11 @@ static void on_dirty(void *arg, int err, const json_t *result)
         sla->is_computing = 0;
         if (sla->is_compute_again) {
             sla->is_compute_again = 0;
-            compute_kick(sla);
+            compute_soon(sla);
         }
         return;
     }
+    sla->is_page_full = json_array_size(json_object_get(body, "tickets")) >= DIRTY_PAGE;
     int64_t at_us = now_us();
     if (!(clocks = json_array()))
         goto fail;

@@ -198,6 +198,8 @@ static void on_batch_committed(ac_db_txn_t *txn, int err, void *arg)
 {
     create_batch_t *b = arg;
     (void)txn;
+    if (err == 0 || err == AC_ERR_UNAVAILABLE) /* committed, or perhaps: see below */
+        ac_outbox_wake(b->self->outbox);
     if (err < 0)
         batch_failed(b, err);
     else
@@ -259,7 +261,11 @@ static void on_batch_created(ac_db_txn_t *txn, int err, void *arg)
         batch_succeeded(b);
         return;
     }
-    rc = intake_store_add_outbox_rows(txn, &rows);
+    /* (synchronous commit: its NOTIFY would hold every notifying commit of the database
+     * through this disk flush; on_batch_committed() wakes the relay instead) */
+    rc = ac_outbox_add_self_wake(txn);
+    if (rc == 0)
+        rc = intake_store_add_outbox_rows(txn, &rows);
     ac_outbox_rows_clear(&rows);
     if (rc < 0) {
         batch_failed(b, AC_ERR_UNAVAILABLE);

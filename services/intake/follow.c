@@ -58,6 +58,7 @@
 #define RETRY_MAX_S  30.0
 #define MAX_ATTEMPTS 5   /* failures of one change before it is set aside */
 #define BATCH_MAX    100 /* changes per transaction */
+#define GATHER_S     0.1 /* a NOTIFY starts a take at most this often (see kick_soon()) */
 #define ACTOR        "dispatch"
 
 /* --- 1. the consumer: which status each event asks for ----------------------------------- */
@@ -204,6 +205,8 @@ typedef struct follow_touched {
 typedef struct intake_follower {
     intake_t *intake;           /* borrowed: the owner */
     ev_timer timer;             /* the next look at the inbox: POLL_S, or a retry's delay */
+    ev_timer gather;            /* kick_soon()'s delay */
+    double last_take;           /* ev_now() of the last take */
     ac_backoff_t backoff;       /* retry delays after failures */
     ac_db_txn_t *txn;           /* owned: the changes in flight */
     json_t *taken;              /* owned: follow_take()'s answer, {"items", "tickets", "now"} */
@@ -223,6 +226,7 @@ typedef struct intake_follower {
 } intake_follower_t;
 
 static void kick(intake_follower_t *f);
+static void on_gather(struct ev_loop *loop, ev_timer *w, int revents);
 
 static const char *item_str(const json_t *item, const char *key)
 {
@@ -351,6 +355,7 @@ static void batch_failed(intake_follower_t *f, const char *why)
 static void on_committed(ac_db_txn_t *txn, int err, void *arg)
 {
     intake_follower_t *f = arg;
+    int is_full;
     if (err == AC_ERR_DB && !is_retryable_state(ac_db_txn_sqlstate(txn))) {
         char why[300];
         snprintf(why, sizeof why, "SQLSTATE %s: %s", ac_db_txn_sqlstate(txn),
@@ -372,9 +377,13 @@ static void on_committed(ac_db_txn_t *txn, int err, void *arg)
         }
     }
     ac_backoff_reset(&f->backoff);
+    is_full = f->n >= (size_t)f->limit;
     f->limit = BATCH_MAX;
     finish(f);
-    kick(f); /* the next ones */
+    if (is_full || f->is_again) { /* the next ones (else the next NOTIFY says so) */
+        f->is_again = 0;
+        kick(f);
+    }
 }
 
 /* The move from -> to at `now`: the ticket's document (changed in place, so that a later
@@ -576,6 +585,7 @@ static void kick(intake_follower_t *f)
         f->is_again = 1;
         return;
     }
+    f->last_take = ev_now(self->loop);
     if (!(f->txn = ac_db_txn_new(self->db, 1)) ||
         intake_store_add_follow_take(f->txn, f->limit) < 0 ||
         ac_db_txn_flush(f->txn, on_taken, f) < 0) {
@@ -610,6 +620,7 @@ int intake_follow_start(intake_t *self)
      * delay first */
     ev_timer_init(&f->timer, on_timer, 0., POLL_S);
     ev_timer_start(self->loop, &f->timer);
+    ev_init(&f->gather, on_gather);
     self->follower = f;
     return 0;
 }
@@ -619,15 +630,42 @@ void intake_follow_stop(intake_t *self)
     intake_follower_t *f = self->follower;
     if (!f)
         return;
-    if (self->loop)
+    if (self->loop) {
         ev_timer_stop(self->loop, &f->timer);
+        ev_timer_stop(self->loop, &f->gather);
+    }
     finish(f); /* changes in flight roll back; their rows stay queued */
     free(f);
     self->follower = NULL;
 }
 
+static void on_gather(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    kick(ac_container_of(w, intake_follower_t, gather));
+}
+
+/* A NOTIFY (queued changes): taken at once, unless a take started less than GATHER_S
+ * ago — then when that much has passed. The changes are not on anyone's critical path
+ * (dispatch has published its event already), and a stream of them is applied in batches
+ * of dozens rather than a few a transaction: a transaction costs intake's database about
+ * as much as the first ten changes in it. */
+static void kick_soon(intake_follower_t *f)
+{
+    double wait = f->last_take + GATHER_S - ev_now(f->intake->loop);
+    if (wait <= 0) {
+        kick(f);
+        return;
+    }
+    if (!ev_is_active(&f->gather)) {
+        ev_timer_set(&f->gather, wait, 0.);
+        ev_timer_start(f->intake->loop, &f->gather);
+    }
+}
+
 void intake_follow_on_notify(intake_t *self)
 {
     if (self->follower)
-        kick(self->follower);
+        kick_soon(self->follower);
 }

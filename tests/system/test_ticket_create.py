@@ -224,3 +224,26 @@ def test_roles_that_may_create(api):
         r = api(role).post("/v1/tickets", json={"channel": "api", "customer_id": cust["id"],
                                                  "category": "training", "description": "x"})
         assert r.status_code == 403, (role, r.status_code, r.text)
+
+
+def test_created_events_go_out_at_once_without_a_notify(api, stack, sub):
+    """A create commits synchronously; its outbox insert sends no NOTIFY (which would hold
+    PostgreSQL's database-wide NOTIFY lock through the disk flush) but wakes intake's relay
+    in-process: the event is on the bus at once, not at the relay's one-second poll."""
+    agent = api("agent")
+    cust = agent.new_customer(name=unique("Wake GmbH"))
+    listener = stack.pg.connect()
+    listener.cursor().execute("LISTEN intake_outbox")
+    delays = []
+    for _ in range(5):
+        mark = sub.mark()
+        t = agent.new_ticket(cust["id"])
+        answered = time.monotonic()
+        [m] = sub.wait_for(t["number"], "ticket.created", since=mark)
+        delays.append(m.at - answered)
+    listener.poll()
+    notified = [n.channel for n in listener.notifies]
+    listener.close()
+    assert notified == []
+    # with a lost wake each would wait for the poll: up to 1 s, 0.5 s on average
+    assert max(delays) < 0.7, delays
