@@ -1172,13 +1172,6 @@ static const char *path_ticket(ac_http_req_t *req)
     return n;
 }
 
-/* Whose offers the caller may answer (dispatch.assignment_answer_refusal()): NULL = any
- * (supervisor, admin); an engineer's token: the engineer it names, "" when none. */
-static const char *answerer(const ac_http_req_t *req)
-{
-    return ac_http_req_role(req) == AC_ROLE_ENGINEER ? ac_http_req_engineer(req) : NULL;
-}
-
 static void on_accept(ac_http_req_t *req, void *arg)
 {
     dispatch_t *self = arg;
@@ -1187,8 +1180,9 @@ static void on_accept(ac_http_req_t *req, void *arg)
     if (dispatch_is_refused(self, req) || !(id = path_assignment(req)) ||
         check_fields(req, fields) < 0)
         return;
-    dispatch_http_sql(self, req, 1, DISPATCH_STMT_ASSIGNMENT_ACCEPT,
-                      (const char *[]){id, ac_http_req_principal(req), answerer(req)});
+    dispatch_http_sql(
+        self, req, 1, DISPATCH_STMT_ASSIGNMENT_ACCEPT,
+        (const char *[]){id, ac_http_req_principal(req), dispatch_engineer_scope(req)});
 }
 
 static void on_decline(ac_http_req_t *req, void *arg)
@@ -1202,7 +1196,7 @@ static void on_decline(ac_http_req_t *req, void *arg)
         return;
     dispatch_http_sql(self, req, 1, DISPATCH_STMT_ASSIGNMENT_DECLINE,
                       (const char *[]){id, ac_http_req_principal(req), reason, ac_http_req_id(req),
-                                       answerer(req)});
+                                       dispatch_engineer_scope(req)});
 }
 
 static void on_assign(ac_http_req_t *req, void *arg)

@@ -30,6 +30,11 @@ void dispatch_reply_db_error(ac_http_req_t *req, int err, const ac_db_txn_t *txn
     ac_service_reply_db_error(req, err, txn);
 }
 
+const char *dispatch_engineer_scope(const ac_http_req_t *req)
+{
+    return ac_http_req_role(req) == AC_ROLE_ENGINEER ? ac_http_req_engineer(req) : NULL;
+}
+
 int dispatch_is_refused(dispatch_t *self, ac_http_req_t *req)
 {
     return ac_service_is_refused(&self->base, req);

@@ -40,6 +40,11 @@ void dispatch_op_detach(dispatch_t *self, dispatch_op_t *op);
  * states (nothing changed, retry), 500 for other SQL errors (logged with the SQLSTATE). */
 void dispatch_reply_db_error(ac_http_req_t *req, int err, const ac_db_txn_t *txn);
 
+/* Whose assignments and work records the caller may act on: NULL = anyone's (every role
+ * but engineer); an engineer's token: the engineer it names, "" when it names none
+ * (migrations 013, 014). */
+const char *dispatch_engineer_scope(const ac_http_req_t *req);
+
 /* ac_service_is_refused(): a stopping service takes nothing new: 1 (answered 503) when
  * refused. */
 int dispatch_is_refused(dispatch_t *self, ac_http_req_t *req);

@@ -126,11 +126,16 @@ static const char SQL_PLAN_LINK[] = "SELECT dispatch.plan_link($1::uuid, $2::tex
 static const char SQL_PLAN_CUSTOMER_GET[] = "SELECT dispatch.plan_customer_get($1::uuid, $2::int)";
 
 /* -- work.c -- */
+/* $6 / $10: whose work the caller may record (migration 014); an engineer's own record
+ * when engineer_id is left out */
 static const char SQL_WORK_CREATE[] =
-    "SELECT dispatch.work_create($1::text, $2::text, $3::uuid, $4::text, $5::text)";
+    "SELECT coalesce(dispatch.work_refusal(NULL, $3::uuid, $6::text),"
+    " dispatch.work_create($1::text, $2::text, coalesce($3::uuid, nullif($6::text, '')::uuid),"
+    " $4::text, $5::text))";
 static const char SQL_WORK_STEP[] =
-    "SELECT dispatch.work_step($1::uuid, $2::text, $3::timestamptz, $4::text, $5::text, "
-    "$6::jsonb, $7::jsonb, $8::bigint, $9::text)";
+    "SELECT coalesce(dispatch.work_refusal($1::uuid, NULL, $10::text),"
+    " dispatch.work_step($1::uuid, $2::text, $3::timestamptz, $4::text, $5::text,"
+    " $6::jsonb, $7::jsonb, $8::bigint, $9::text))";
 static const char SQL_WORK_GET[] = "SELECT dispatch.work_get($1::uuid)";
 static const char SQL_WORK_LIST[] = "SELECT dispatch.work_list($1::text)";
 
@@ -216,8 +221,8 @@ const ac_db_stmt_t dispatch_stmts[DISPATCH_STMT__COUNT] = {
     [DISPATCH_STMT_PLAN_LINK] = {SQL_PLAN_LINK, 3},
     [DISPATCH_STMT_PLAN_CUSTOMER_GET] = {SQL_PLAN_CUSTOMER_GET, 2},
     /* -- work.c -- */
-    [DISPATCH_STMT_WORK_CREATE] = {SQL_WORK_CREATE, 5},
-    [DISPATCH_STMT_WORK_STEP] = {SQL_WORK_STEP, 9},
+    [DISPATCH_STMT_WORK_CREATE] = {SQL_WORK_CREATE, 6},
+    [DISPATCH_STMT_WORK_STEP] = {SQL_WORK_STEP, 10},
     [DISPATCH_STMT_WORK_GET] = {SQL_WORK_GET, 1},
     [DISPATCH_STMT_WORK_LIST] = {SQL_WORK_LIST, 1},
     /* -- repairs.c -- */

@@ -75,9 +75,10 @@ enum dispatch_stmt {
     DISPATCH_STMT_PLAN_LINK,         /* dispatch.plan_link(id, actor, expires_s) */
     DISPATCH_STMT_PLAN_CUSTOMER_GET, /* dispatch.plan_customer_get(id, revision) */
     /* -- work.c -- */
-    DISPATCH_STMT_WORK_CREATE, /* dispatch.work_create(number, kind, engineer_id, note, actor) */
+    DISPATCH_STMT_WORK_CREATE, /* dispatch.work_create(number, kind, engineer_id, note, actor),
+                                * as (dispatch_engineer_scope()) */
     DISPATCH_STMT_WORK_STEP,   /* dispatch.work_step(id, step, at, note, pause_reason, report,
-                                * confirmation, expected_version, actor) */
+                                * confirmation, expected_version, actor), as */
     DISPATCH_STMT_WORK_GET,    /* dispatch.work_get(id) */
     DISPATCH_STMT_WORK_LIST,   /* dispatch.work_list(number) */
     /* -- repairs.c -- */

@@ -332,9 +332,9 @@ static void on_work_create(ac_http_req_t *req, void *arg)
                             "engineer_id must be an engineer's id (a UUID)");
         return;
     }
-    dispatch_http_sql(
-        self, req, 1, DISPATCH_STMT_WORK_CREATE,
-        (const char *[]){number, kind, engineer_id, note, ac_http_req_principal(req)});
+    dispatch_http_sql(self, req, 1, DISPATCH_STMT_WORK_CREATE,
+                      (const char *[]){number, kind, engineer_id, note, ac_http_req_principal(req),
+                                       dispatch_engineer_scope(req)});
 }
 
 /* { step, at?, note?, pause_reason?, report?, confirmation?, expected_version? } */
@@ -434,8 +434,8 @@ static void on_work_step(ac_http_req_t *req, void *arg)
     }
     dispatch_http_sql(self, req, 1, DISPATCH_STMT_WORK_STEP,
                       (const char *[]){id, step, at, note, pause_reason, report_s, confirmation_s,
-                                       version_s[0] ? version_s : NULL,
-                                       ac_http_req_principal(req)});
+                                       version_s[0] ? version_s : NULL, ac_http_req_principal(req),
+                                       dispatch_engineer_scope(req)});
     goto out;
 refused:
     reply_verr(req, &err);

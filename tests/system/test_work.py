@@ -45,9 +45,10 @@ def sup(wstack):
     return wstack.dispatch_api("supervisor")
 
 
-@pytest.fixture
-def fe(wstack):
-    return wstack.dispatch_api("engineer")
+@pytest.fixture(scope="module")
+def fe(wstack, eng):
+    """eng's own token: an engineer records only their own work (migration 014)."""
+    return wstack.engineer_api(eng["id"])
 
 
 def new_engineer(stack, **over):
@@ -508,9 +509,10 @@ def test_create_errors(wstack, eng, fe):
                          json={"kind": "visit", "engineer_id": eng["id"]}), 404, "not_found")
     assert_error(fe.post("/v1/tickets/nonsense/work",
                          json={"kind": "visit", "engineer_id": eng["id"]}), 404, "not_found")
-    assert_error(fe.post("/v1/tickets/%s/work" % n,
-                         json={"kind": "visit",
-                               "engineer_id": "00000000-0000-4000-8000-000000000000"}),
+    sup = wstack.dispatch_api("supervisor")
+    assert_error(sup.post("/v1/tickets/%s/work" % n,
+                          json={"kind": "visit",
+                                "engineer_id": "00000000-0000-4000-8000-000000000000"}),
                  422, "unknown_engineer", "engineer_id")
     assert_error(fe.post("/v1/tickets/%s/work" % n,
                          json={"kind": "visit", "engineer_id": "bob"}), 422, "invalid_field",
@@ -524,8 +526,8 @@ def test_create_errors(wstack, eng, fe):
                          json={"kind": "visit", "engineer_id": eng["id"], "eta": "soon"}), 422,
                  "unknown_field", "eta")
     assert wstack.db.scalar("SELECT count(*) FROM dispatch.work_records") == out0
-    # without engineer_id: the engineer holding the ticket, if any
-    r = fe.post("/v1/tickets/%s/work" % n, json={"kind": "visit"})
+    # without engineer_id: for a supervisor the engineer holding the ticket, if any
+    r = sup.post("/v1/tickets/%s/work" % n, json={"kind": "visit"})
     if r.status_code == 201:
         assert helpers.is_uuid(r.json()["engineer_id"])
     else:
@@ -556,7 +558,7 @@ def test_no_new_work_on_a_cancelled_ticket(wstack, eng, fe):
     ("warehouse", 403, 403, 403, 403),
 ])
 def test_roles(wstack, eng, fe, role, create, travel, confirm, read):
-    api = wstack.dispatch_api(role)
+    api = fe if role == "engineer" else wstack.dispatch_api(role)
     t = planned_ticket(wstack)
     r = api.post("/v1/tickets/%s/work" % t["number"],
                  json={"kind": "visit", "engineer_id": eng["id"]})
@@ -641,7 +643,8 @@ def test_intake_follows_assignment_and_plan(wstack, sub, fe):
                                if m.topic == b"ticket.assigned" and m.env.subject == n], 20,
                     mark, "the work assignment")
     assert work[0].env.ticket_assigned.assignment.engineer_id == field["id"]
-    rec = fe.must(fe.post("/v1/tickets/%s/work" % n, json={"kind": "visit"}), 201)
+    sup = wstack.dispatch_api("supervisor")
+    rec = sup.must(sup.post("/v1/tickets/%s/work" % n, json={"kind": "visit"}), 201)
     assert rec["engineer_id"] == field["id"]
     wait_until(lambda: wstack.db.scalar("SELECT count(*) FROM intake.follow_inbox") == 0, 15,
                0.05, "intake's follow inbox to drain")
@@ -861,3 +864,35 @@ def test_intake_follows_dispatch_by_default(wstack):
     text = requests.get(wstack.intake.url + "/metrics", timeout=5).text
     assert 'aftercare_intake_consumer_next_sequence{source="aftercare/dispatch"}' in text
     assert 'aftercare_intake_follow_changes_total{outcome="applied"}' in text
+
+
+def test_an_engineer_records_only_their_own_work(wstack, eng, fe):
+    """An engineer's token opens and steps only that engineer's work records (without
+    engineer_id: a record for that engineer); a token that names no engineer records
+    none; a supervisor records anyone's. A refusal changes nothing."""
+    other = new_engineer(wstack)
+    other_api = wstack.engineer_api(other["id"])
+    unlinked = wstack.dispatch_api("engineer")
+    sup = wstack.dispatch_api("supervisor")
+    t = planned_ticket(wstack)
+    n = t["number"]
+    rec = new_record(fe, n, eng["id"])
+    own = fe.must(fe.post("/v1/tickets/%s/work" % n, json={"kind": "remote"}), 201)
+    assert own["engineer_id"] == eng["id"]
+    records0 = wstack.db.scalar("SELECT count(*) FROM dispatch.work_records")
+    before = state_of(wstack, rec["id"])
+    assert_error(other_api.post("/v1/tickets/%s/work" % n,
+                                json={"kind": "visit", "engineer_id": eng["id"]}),
+                 403, "not_your_work", "engineer_id")
+    assert_error(step(other_api, rec["id"], "travel", status=403), 403, "not_your_work")
+    assert_error(unlinked.post("/v1/tickets/%s/work" % n,
+                               json={"kind": "visit", "engineer_id": eng["id"]}),
+                 403, "forbidden")
+    assert_error(step(unlinked, rec["id"], "travel", status=403), 403, "forbidden")
+    assert wstack.db.scalar("SELECT count(*) FROM dispatch.work_records") == records0
+    assert state_of(wstack, rec["id"]) == before
+    # the engineer steps their own; a supervisor steps anyone's and opens one for the other
+    assert step(fe, rec["id"], "travel")["state"] == "travel"
+    assert step(sup, rec["id"], "arrived")["state"] == "arrived"
+    theirs = new_record(sup, n, other["id"])
+    assert step(other_api, theirs["id"], "travel")["state"] == "travel"
