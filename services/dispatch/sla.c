@@ -56,7 +56,7 @@
 #define FIRES_IN_FLIGHT 3      /* firing transactions at once (of the pool's 4) */
 #define TICK_S          1.0    /* retries (load, failed sync or computation) */
 #define SWEEP_S         30.0   /* sync and compute without a NOTIFY this often */
-#define COMPUTE_GAP_S   0.05   /* NOTIFYs of dirty clocks start a computation this often */
+#define COMPUTE_GAP_S   0.25   /* NOTIFYs of dirty clocks start a computation this often */
 #define RETRY_S         1.0    /* a failed firing is retried this much later */
 #define LATENESS_RING   16384  /* recent firings kept for the lateness gauges */
 #define US_PER_S        INT64_C(1000000)
@@ -1488,12 +1488,85 @@ typedef struct view_call {
     dispatch_sla_t *sla;
 } view_call_t;
 
+static int level_cmp(const void *a, const void *b)
+{
+    const json_t *x = *(const json_t *const *)a, *y = *(const json_t *const *)b;
+    const json_t *dx = json_object_get(x, "due_us"), *dy = json_object_get(y, "due_us");
+    if (json_is_integer(dx) != json_is_integer(dy))
+        return json_is_integer(dx) ? -1 : 1; /* pending-while-paused last */
+    if (json_is_integer(dx) && json_integer_value(dx) != json_integer_value(dy))
+        return json_integer_value(dx) < json_integer_value(dy) ? -1 : 1;
+    json_int_t ix = json_integer_value(json_object_get(x, "id"));
+    json_int_t iy = json_integer_value(json_object_get(y, "id"));
+    return ix < iy ? -1 : ix > iy;
+}
+
+/* A clock whose status history moved after the engine's last computation (its row is
+ * dirty until the engine saves it, COMPUTE_GAP_S or so later): its deadlines as the
+ * engine will save them — merged with the stored ones as dispatch_sla_levels_merge() does
+ * — in the view's shape (sla_state's "deadlines": ordered by due time, then id). NULL when
+ * out of memory. */
+static json_t *deadlines_now(const json_t *ticket, const json_t *clock, const clock_calc_t *cc)
+{
+    const char *state = json_string_value(json_object_get(clock, "state"));
+    bool is_open = state && (strcmp(state, "running") == 0 || strcmp(state, "paused") == 0);
+    int64_t next_us;
+    json_t *levels = dispatch_sla_levels_merge(
+        json_integer_value(json_object_get(clock, "id")), json_object_get(clock, "levels"), cc->lv,
+        cc->n_lv, is_open, &next_us, json_string_value(json_object_get(ticket, "number")),
+        json_string_value(json_object_get(clock, "target")));
+    size_t n = json_array_size(levels), i;
+    const json_t **order = calloc(n ? n : 1, sizeof *order);
+    json_t *out = json_array();
+    if (!levels || !order || !out)
+        goto fail;
+    for (i = 0; i < n; i++)
+        order[i] = json_array_get(levels, i);
+    qsort(order, n, sizeof *order, level_cmp);
+    for (i = 0; i < n; i++) {
+        const json_t *l = order[i], *due = json_object_get(l, "due_us");
+        const json_t *fired = json_object_get(l, "fired_us");
+        char id[24];
+        snprintf(id, sizeof id, "%" JSON_INTEGER_FORMAT,
+                 json_integer_value(json_object_get(l, "id")));
+        json_t *d = json_pack(
+            "{s:s, s:O?, s:O?, s:O?, s:o, s:o}", "id", id, "level", json_object_get(l, "level"),
+            "fraction", json_object_get(l, "fraction"), "state", json_object_get(l, "state"),
+            "due_at", json_is_integer(due) ? json_time(json_integer_value(due)) : json_null(),
+            "fired_at",
+            json_is_integer(fired) ? json_time(json_integer_value(fired)) : json_null());
+        if (!d || json_array_append_new(out, d) < 0)
+            goto fail;
+    }
+    free(order);
+    json_decref(levels);
+    return out;
+fail:
+    free(order);
+    json_decref(levels);
+    json_decref(out);
+    return NULL;
+}
+
+static bool is_in(const json_t *array, const char *s)
+{
+    const json_t *v;
+    size_t i;
+    json_array_foreach(array, i, v)
+    {
+        if (s && json_is_string(v) && strcmp(json_string_value(v), s) == 0)
+            return true;
+    }
+    return false;
+}
+
 static json_t *render_clock(dispatch_sla_t *sla, const json_t *ticket, const json_t *view,
                             ticket_marks_t *tm, const json_t *clock, int64_t at_us)
 {
     const json_t *pol = policy_of(view, clock);
     const char *state = json_string_value(json_object_get(clock, "state"));
-    const json_t *deadlines = json_object_get(clock, "deadlines"), *d, *next = NULL;
+    const json_t *d, *next = NULL;
+    json_t *deadlines = NULL, *out;
     bool is_urgent =
         strcmp(str_or_empty(json_string_value(json_object_get(ticket, "priority"))), "P1") == 0;
     clock_calc_t cc;
@@ -1501,6 +1574,13 @@ static json_t *render_clock(dispatch_sla_t *sla, const json_t *ticket, const jso
 
     if (clock_compute(sla, view, tm, is_urgent, clock, at_us, &cc) < 0)
         return NULL;
+    if (is_in(json_object_get(view, "dirty"),
+              json_string_value(json_object_get(clock, "target")))) {
+        if (!(deadlines = deadlines_now(ticket, clock, &cc)))
+            return NULL;
+    } else {
+        deadlines = json_incref(json_object_get(clock, "deadlines"));
+    }
     json_array_foreach(deadlines, i, d)
     {
         if (strcmp(str_or_empty(json_string_value(json_object_get(d, "state"))), "pending") == 0 &&
@@ -1511,7 +1591,7 @@ static json_t *render_clock(dispatch_sla_t *sla, const json_t *ticket, const jso
     }
     bool is_open =
         strcmp(str_or_empty(state), "running") == 0 || strcmp(str_or_empty(state), "paused") == 0;
-    return json_pack(
+    out = json_pack(
         "{s:O?, s:{s:O?, s:O?}, s:O?, s:O?, s:O?, s:s, s:b, s:O?, s:O?, s:I, s:I, s:o, s:o, s:O?}",
         "target", json_object_get(clock, "target"), "policy", "id", json_object_get(pol, "id"),
         "name", json_object_get(pol, "name"), "target_seconds",
@@ -1529,6 +1609,8 @@ static json_t *render_clock(dispatch_sla_t *sla, const json_t *ticket, const jso
                          json_object_get(next, "due_at"))
              : json_null(),
         "deadlines", deadlines);
+    json_decref(deadlines);
+    return out;
 }
 
 static void on_view(void *arg, int err, const json_t *result)
