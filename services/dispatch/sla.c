@@ -1488,9 +1488,13 @@ typedef struct view_call {
     dispatch_sla_t *sla;
 } view_call_t;
 
+typedef struct level_ref {
+    const json_t *l;
+} level_ref_t;
+
 static int level_cmp(const void *a, const void *b)
 {
-    const json_t *x = *(const json_t *const *)a, *y = *(const json_t *const *)b;
+    const json_t *x = ((const level_ref_t *)a)->l, *y = ((const level_ref_t *)b)->l;
     const json_t *dx = json_object_get(x, "due_us"), *dy = json_object_get(y, "due_us");
     if (json_is_integer(dx) != json_is_integer(dy))
         return json_is_integer(dx) ? -1 : 1; /* pending-while-paused last */
@@ -1516,15 +1520,15 @@ static json_t *deadlines_now(const json_t *ticket, const json_t *clock, const cl
         cc->n_lv, is_open, &next_us, json_string_value(json_object_get(ticket, "number")),
         json_string_value(json_object_get(clock, "target")));
     size_t n = json_array_size(levels), i;
-    const json_t **order = calloc(n ? n : 1, sizeof *order);
+    level_ref_t *order = calloc(n ? n : 1, sizeof(level_ref_t));
     json_t *out = json_array();
     if (!levels || !order || !out)
         goto fail;
     for (i = 0; i < n; i++)
-        order[i] = json_array_get(levels, i);
-    qsort(order, n, sizeof *order, level_cmp);
+        order[i].l = json_array_get(levels, i);
+    qsort(order, n, sizeof(level_ref_t), level_cmp);
     for (i = 0; i < n; i++) {
-        const json_t *l = order[i], *due = json_object_get(l, "due_us");
+        const json_t *l = order[i].l, *due = json_object_get(l, "due_us");
         const json_t *fired = json_object_get(l, "fired_us");
         char id[24];
         snprintf(id, sizeof id, "%" JSON_INTEGER_FORMAT,
