@@ -221,7 +221,7 @@ wait "$MEASURE_PID" || {
     die "the subscriber failed"
 }
 RESULT=$(tail -n 1 "$WORK/measure.out")
-STAGES=$(grep '^stage ' "$WORK/measure.err" || true)
+STAGES=$(grep -E '^(stage|slow) ' "$WORK/measure.err" || true)
 bench_pg_stats
 
 # ---- summary --------------------------------------------------------------------------------------

@@ -214,6 +214,17 @@ def measure(args):
             stages[0].append((batch_start - c[0]) * 1e3)
             stages[1].append((stamped - batch_start) * 1e3)
             stages[2].append((assigned[n] - stamped) * 1e3)
+    # when the slow ones happened: a tail spread over the run is queueing; one bunched in
+    # a few moments is a stall (a vacuum, a checkpoint, a long batch)
+    slow = sorted(c[0] - first for n, c in measured.items()
+                  if n in assigned and (assigned[n] - c[0]) * 1e3 > args.slow_ms)
+    by_second = {}
+    for t in slow:
+        by_second[int(t)] = by_second.get(int(t), 0) + 1
+    worst = sorted(by_second.items(), key=lambda kv: -kv[1])[:5]
+    sys.stderr.write("slow (> %d ms): %d tickets in %d of %d seconds; most in second(s) %s\n"
+                     % (args.slow_ms, len(slow), len(by_second), int(span) + 1,
+                        ", ".join("%d: %d" % kv for kv in worst) or "-"))
     for name, v in zip(("created->batch", "batch", "stamped->receipt"), stages):
         v.sort()
         if v:
@@ -238,6 +249,8 @@ def main():
     m.add_argument("--key-file", required=True)
     m.add_argument("--server-key", required=True)
     m.add_argument("--proto-dir", required=True)
+    m.add_argument("--slow-ms", type=int, default=50,
+                   help="latency counted as slow in the when-report (default 50)")
     m.add_argument("--ready-file", required=True)
     m.add_argument("--warmup", type=float, default=2.0)
     m.add_argument("--grace", type=float, default=10.0)
