@@ -56,7 +56,7 @@
 #define FIRES_IN_FLIGHT 3      /* firing transactions at once (of the pool's 4) */
 #define TICK_S          1.0    /* retries (load, failed sync or computation) */
 #define SWEEP_S         30.0   /* sync and compute without a NOTIFY this often */
-#define COMPUTE_GAP_S   0.25   /* NOTIFYs of dirty clocks start a computation this often */
+#define COMPUTE_GAP_S   0.05   /* NOTIFYs of dirty clocks start a computation this often */
 #define RETRY_S         1.0    /* a failed firing is retried this much later */
 #define LATENESS_RING   16384  /* recent firings kept for the lateness gauges */
 #define US_PER_S        INT64_C(1000000)
