@@ -24,10 +24,12 @@
  * 'engineer <id>' (created or changed: reloaded before the next batch) and 'load <id> <n>
  * <version>' (an engineer's open jobs after a committed change, with the load row's
  * version, so that a late notification never overwrites a newer count); '' means "the
- * queue has work". The filters and the score see the database's count plus this worker's
- * picks still pending. A (re)connected listener may have missed notifications: the whole
- * roster is read again, as it is every FULL_RELOAD_S anyway. A stale roster cannot break
- * a rule — the database re-checks every pick — at worst a score used an old count.
+ * queue has work". The worker's own batches send none (migration 017): it takes their
+ * counts from assign_apply's answer and wakes the outbox relay itself. The filters and the score
+ * see the database's count plus this worker's picks still pending. A (re)connected listener may
+ * have missed notifications: the whole roster is read again, as it is every FULL_RELOAD_S anyway. A
+ * stale roster cannot break a rule — the database re-checks every pick — at worst a score used an
+ * old count.
  *
  * Unfilled requests are retried every 30 s (their next_try_at), and at once — in a
  * "retry pass" over the unfilled requests of the roles concerned, at most one pass per
@@ -652,6 +654,9 @@ static void on_committed(ac_db_txn_t *txn, int err, void *arg)
     struct dispatch_assigner *a = b->a;
     (void)txn;
     a->ncommitting--;
+    /* its events: the batch sent no NOTIFY (DISPATCH_STMT_ASSIGN_ASYNC_COMMIT) */
+    if (err == 0 || err == AC_ERR_UNAVAILABLE)
+        ac_outbox_wake(a->svc->outbox);
     if (err < 0) {
         /* lost during COMMIT: in doubt; the open-jobs counts are read again, the requests
          * that were not assigned are still queued */

@@ -255,6 +255,31 @@ def test_load_spreads_equal_engineers(astack, sup, sub):
     assert {x["name"]: x["detail"] for x in a2["breakdown"]}["load"] == "0 of 4 open jobs"
 
 
+def test_a_batch_notifies_nobody_and_its_event_goes_out_at_once(astack, sup, sub):
+    """The worker's batch sends no NOTIFY (migration 017): it takes its engineers' new
+    counts from the database's answer and wakes the outbox relay itself — so its
+    ticket.assigned is on the bus at once, not at the relay's one-second poll."""
+    m = unique("M")
+    e = engineer(sup, m, level=4, capacity=5)
+    prod = product(astack, m)
+    listener = astack.pg.connect()
+    listener.cursor().execute("LISTEN dispatch_assign; LISTEN dispatch_outbox")
+    delays = []
+    for _ in range(3):
+        mark = sub.mark()
+        t = ticket(astack, prod)
+        [assigned] = wait_event(sub, "ticket.assigned", t["number"], mark)
+        [created] = [x for x in sub.messages(mark) if x.topic == b"ticket.created"
+                     and x.env.subject == t["number"]]
+        delays.append(assigned.at - created.at)
+    listener.poll()
+    notes = [(n.channel, n.payload) for n in listener.notifies]
+    listener.close()
+    assert [x for x in notes if x[0] == "dispatch_outbox" or x[1].startswith("load ")] == []
+    assert open_jobs(astack.db, e["id"]) == 3
+    assert max(delays) < 0.7, delays
+
+
 def test_vip_prefers_skill(astack, sup, sub):
     """The same situation twice — an idle engineer of level 2 and an expert who already has
     one of their two jobs: a standard ticket goes to the idle one, a VIP ticket to the
