@@ -654,7 +654,7 @@ static void on_committed(ac_db_txn_t *txn, int err, void *arg)
     struct dispatch_assigner *a = b->a;
     (void)txn;
     a->ncommitting--;
-    /* its events: the batch sent no NOTIFY (DISPATCH_STMT_ASSIGN_ASYNC_COMMIT) */
+    /* its events: the batch's outbox insert sent no NOTIFY (batch_start()) */
     if (err == 0 || err == AC_ERR_UNAVAILABLE)
         ac_outbox_wake(a->svc->outbox);
     if (err < 0) {
@@ -881,6 +881,8 @@ static void batch_start(struct dispatch_assigner *a)
     rc = ac_db_txn_add(b->txn, DISPATCH_STMT_ASSIGN_ASYNC_COMMIT, NULL, NULL, NULL);
     if (rc == 0)
         rc = ac_db_txn_add(b->txn, DISPATCH_STMT_ASSIGN_TAKE, params, NULL, NULL);
+    if (rc == 0) /* (after the take, whose answer stays result 1; on_committed() wakes) */
+        rc = ac_outbox_add_self_wake(b->txn);
     if (rc == 0)
         rc = ac_db_txn_flush(b->txn, on_taken, b);
     if (rc < 0) {

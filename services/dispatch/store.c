@@ -56,10 +56,9 @@ static const char SQL_ASSIGN_ENGINEERS[] = "SELECT dispatch.assign_engineers($1:
 static const char SQL_ASSIGN_TAKE[] =
     "SELECT dispatch.assign_take($1::int, $2::text[], $3::timestamptz)";
 static const char SQL_ASSIGN_APPLY[] = "SELECT dispatch.assign_apply($1::jsonb)";
-/* also: no NOTIFY from the batch (migration 017, ac_outbox_add_self_wake()) */
+/* also: no 'load' notices from the batch (migration 017) */
 static const char SQL_ASSIGN_ASYNC_COMMIT[] =
     "SELECT set_config('synchronous_commit', 'off', true),"
-    " set_config('aftercare.outbox_wake', 'self', true),"
     " set_config('dispatch.assign_quiet', 'on', true)";
 /* COALESCE evaluates the operation only when the caller may answer (migration 013) */
 static const char SQL_ASSIGNMENT_ACCEPT[] =

@@ -41,7 +41,7 @@ enum dispatch_stmt {
     DISPATCH_STMT_ASSIGN_ENGINEERS,    /* dispatch.assign_engineers(ids | NULL): the roster */
     DISPATCH_STMT_ASSIGN_TAKE,         /* dispatch.assign_take(limit, retry_roles, pass_start) */
     DISPATCH_STMT_ASSIGN_ASYNC_COMMIT, /* this transaction commits without waiting for fsync
-                                        * and sends no NOTIFY (the worker wakes the relay) */
+                                        * and sends no 'load' notices (migration 017) */
     DISPATCH_STMT_ASSIGN_APPLY,        /* dispatch.assign_apply(decisions) */
     DISPATCH_STMT_ASSIGNMENT_ACCEPT,   /* dispatch.assignment_accept(id, actor), as */
     DISPATCH_STMT_ASSIGNMENT_DECLINE, /* dispatch.assignment_decline(id, actor, reason, corr), as */
