@@ -45,11 +45,11 @@ static const dispatch_body_field_t close_fields[] = {
 
 #define CASE(stmt, write, fields)                                                                  \
     {                                                                                              \
-        stmt, DISPATCH_PATH_ID, "difficult case", write, write, 0, fields                          \
+        stmt, DISPATCH_PATH_ID, "difficult case", write, write, 0, fields, write                   \
     }
 #define TICKET(stmt, write, fields)                                                                \
     {                                                                                              \
-        stmt, DISPATCH_PATH_TICKET, "ticket", write, write, 0, fields                              \
+        stmt, DISPATCH_PATH_TICKET, "ticket", write, write, 0, fields, write                       \
     }
 static const dispatch_route_op_t op_flag = TICKET(DISPATCH_STMT_CASE_FLAG, 1, flag_fields);
 static const dispatch_route_op_t op_note = CASE(DISPATCH_STMT_CASE_NOTE, 1, note_fields);

@@ -329,7 +329,7 @@ static const char *path_key(ac_http_req_t *req, const dispatch_route_op_t *op)
 
 void dispatch_run_route_op(dispatch_t *self, ac_http_req_t *req, const dispatch_route_op_t *op)
 {
-    const char *params[DISPATCH_BODY_MAX_FIELDS + 2];
+    const char *params[DISPATCH_BODY_MAX_FIELDS + 3];
     dispatch_body_values_t values = {.v = {NULL}}; /* all absent until checked */
     dispatch_verr_t err;
     char *doc = NULL;
@@ -358,6 +358,8 @@ void dispatch_run_route_op(dispatch_t *self, ac_http_req_t *req, const dispatch_
                 params[n++] = values.v[i];
         }
     }
+    if (op->with_scope)
+        params[n++] = dispatch_engineer_scope(req);
     dispatch_http_sql(self, req, op->is_write, op->stmt, params); /* copies the parameters */
     free(doc);
 }

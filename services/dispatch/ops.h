@@ -73,7 +73,8 @@ int dispatch_run_sql(dispatch_t *self, int stmt, const char *const *params,
                      const char *correlation_id, dispatch_sql_done_fn done, void *arg) AC_WUR;
 
 /* Table-driven routes (repairs.c, cases.c): one SQL statement per route, whose
- * parameters are the path's key, the caller's name (the actor) and the checked body. */
+ * parameters are the path's key, the caller's name (the actor), the checked body and,
+ * last, whose work the caller may touch (dispatch_engineer_scope()). */
 typedef enum dispatch_path_kind {
     DISPATCH_PATH_NONE,   /* no path parameter */
     DISPATCH_PATH_TICKET, /* {} is a ticket number (SV-...) */
@@ -88,6 +89,7 @@ typedef struct dispatch_route_op {
     int with_actor;                      /* the caller's name follows the path's key */
     int is_doc;                          /* the whole checked body is one jsonb parameter */
     const dispatch_body_field_t *fields; /* in parameter order; NULL: no body */
+    int with_scope;                      /* dispatch_engineer_scope() is the last parameter */
 } dispatch_route_op_t;
 
 /* Checks path and body (404, 400, 422 answered here), then dispatch_http_sql(). */

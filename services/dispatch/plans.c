@@ -87,7 +87,7 @@ static void on_plan_propose(ac_http_req_t *req, void *arg)
         return;
     }
     dispatch_http_sql(self, req, 1, DISPATCH_STMT_PLAN_PROPOSE,
-                      (const char *[]){number, actor(req), text});
+                      (const char *[]){number, actor(req), text, dispatch_engineer_scope(req)});
     free(text);
 }
 
@@ -150,7 +150,7 @@ static void on_plan_cancel(ac_http_req_t *req, void *arg)
         return;
     }
     dispatch_http_sql(self, req, 1, DISPATCH_STMT_PLAN_CANCEL,
-                      (const char *[]){id, actor(req), reason});
+                      (const char *[]){id, actor(req), reason, dispatch_engineer_scope(req)});
 }
 
 /* --- issuing a customer link --------------------------------------------------------- */

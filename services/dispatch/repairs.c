@@ -53,11 +53,11 @@ static const dispatch_body_field_t vendor_patch_fields[] = {
 };
 
 static const dispatch_route_op_t op_vendor_create = {
-    DISPATCH_STMT_VENDOR_CREATE, DISPATCH_PATH_NONE, "vendor", 1, 0, 1, vendor_create_fields};
+    DISPATCH_STMT_VENDOR_CREATE, DISPATCH_PATH_NONE, "vendor", 1, 0, 1, vendor_create_fields, 0};
 static const dispatch_route_op_t op_vendor_patch = {
-    DISPATCH_STMT_VENDOR_PATCH, DISPATCH_PATH_ID, "vendor", 1, 0, 1, vendor_patch_fields};
+    DISPATCH_STMT_VENDOR_PATCH, DISPATCH_PATH_ID, "vendor", 1, 0, 1, vendor_patch_fields, 0};
 static const dispatch_route_op_t op_vendor_get = {
-    DISPATCH_STMT_VENDOR_GET, DISPATCH_PATH_ID, "vendor", 0, 0, 0, NULL};
+    DISPATCH_STMT_VENDOR_GET, DISPATCH_PATH_ID, "vendor", 0, 0, 0, NULL, 0};
 
 static void on_vendor_create(ac_http_req_t *req, void *arg)
 {
@@ -139,21 +139,27 @@ static const dispatch_body_field_t repair_reroute_fields[] = {
 };
 
 static const dispatch_route_op_t op_repair_create = {
-    DISPATCH_STMT_REPAIR_CREATE, DISPATCH_PATH_TICKET, "ticket", 1, 1, 0, repair_create_fields};
+    DISPATCH_STMT_REPAIR_CREATE, DISPATCH_PATH_TICKET, "ticket", 1, 1, 0, repair_create_fields, 1};
 static const dispatch_route_op_t op_repair_ship = {
-    DISPATCH_STMT_REPAIR_SHIP, DISPATCH_PATH_ID, "send-out", 1, 1, 0, repair_ship_fields};
-static const dispatch_route_op_t op_repair_followup = {
-    DISPATCH_STMT_REPAIR_FOLLOWUP, DISPATCH_PATH_ID, "send-out", 1, 1, 0, repair_followup_fields};
+    DISPATCH_STMT_REPAIR_SHIP, DISPATCH_PATH_ID, "send-out", 1, 1, 0, repair_ship_fields, 1};
+static const dispatch_route_op_t op_repair_followup = {DISPATCH_STMT_REPAIR_FOLLOWUP,
+                                                       DISPATCH_PATH_ID,
+                                                       "send-out",
+                                                       1,
+                                                       1,
+                                                       0,
+                                                       repair_followup_fields,
+                                                       1};
 static const dispatch_route_op_t op_repair_return = {
-    DISPATCH_STMT_REPAIR_RETURN, DISPATCH_PATH_ID, "send-out", 1, 1, 0, repair_return_fields};
+    DISPATCH_STMT_REPAIR_RETURN, DISPATCH_PATH_ID, "send-out", 1, 1, 0, repair_return_fields, 1};
 static const dispatch_route_op_t op_repair_inspect = {
-    DISPATCH_STMT_REPAIR_INSPECT, DISPATCH_PATH_ID, "send-out", 1, 1, 0, repair_inspect_fields};
+    DISPATCH_STMT_REPAIR_INSPECT, DISPATCH_PATH_ID, "send-out", 1, 1, 0, repair_inspect_fields, 1};
 static const dispatch_route_op_t op_repair_reroute = {
-    DISPATCH_STMT_REPAIR_REROUTE, DISPATCH_PATH_ID, "send-out", 1, 1, 0, repair_reroute_fields};
+    DISPATCH_STMT_REPAIR_REROUTE, DISPATCH_PATH_ID, "send-out", 1, 1, 0, repair_reroute_fields, 1};
 static const dispatch_route_op_t op_repair_get = {
-    DISPATCH_STMT_REPAIR_GET, DISPATCH_PATH_ID, "send-out", 0, 0, 0, NULL};
+    DISPATCH_STMT_REPAIR_GET, DISPATCH_PATH_ID, "send-out", 0, 0, 0, NULL, 0};
 static const dispatch_route_op_t op_repair_list = {
-    DISPATCH_STMT_REPAIR_LIST, DISPATCH_PATH_TICKET, "ticket", 0, 0, 0, NULL};
+    DISPATCH_STMT_REPAIR_LIST, DISPATCH_PATH_TICKET, "ticket", 0, 0, 0, NULL, 0};
 
 static void on_repair_create(ac_http_req_t *req, void *arg)
 {

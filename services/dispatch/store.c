@@ -116,14 +116,18 @@ static const char SQL_SLA_POLICY_LIST[] = "SELECT dispatch.sla_policy_list()";
 
 /* -- plans.c -- */
 
+/* the last parameter of a write: whose tickets the caller may act on (migration 018) */
 static const char SQL_PLAN_PROPOSE[] =
-    "SELECT dispatch.plan_propose($1::text, $2::text, $3::jsonb)";
+    "SELECT coalesce(dispatch.engineer_refusal('ticket', $1::text, $4::text),"
+    " dispatch.plan_propose($1::text, $2::text, $3::jsonb))";
 static const char SQL_PLAN_LIST[] = "SELECT dispatch.plan_list($1::text)";
 static const char SQL_PLAN_GET[] = "SELECT dispatch.plan_get($1::uuid)";
 static const char SQL_PLAN_DECIDE[] =
     "SELECT dispatch.plan_decide($1::uuid, $2::text, $3::text, $4::text, $5::text, $6::text, "
     "$7::int)";
-static const char SQL_PLAN_CANCEL[] = "SELECT dispatch.plan_cancel($1::uuid, $2::text, $3::text)";
+static const char SQL_PLAN_CANCEL[] =
+    "SELECT coalesce(dispatch.engineer_refusal('plan', $1::uuid::text, $4::text),"
+    " dispatch.plan_cancel($1::uuid, $2::text, $3::text))";
 static const char SQL_PLAN_LINK[] = "SELECT dispatch.plan_link($1::uuid, $2::text, $3::bigint)";
 static const char SQL_PLAN_CUSTOMER_GET[] = "SELECT dispatch.plan_customer_get($1::uuid, $2::int)";
 
@@ -141,36 +145,46 @@ static const char SQL_WORK_STEP[] =
 static const char SQL_WORK_GET[] = "SELECT dispatch.work_get($1::uuid)";
 static const char SQL_WORK_LIST[] = "SELECT dispatch.work_list($1::text)";
 
-/* -- repairs.c -- */
+/* -- repairs.c -- (writes: the last parameter as for plans) */
 static const char SQL_VENDOR_CREATE[] = "SELECT dispatch.vendor_create($1::jsonb)";
 static const char SQL_VENDOR_PATCH[] = "SELECT dispatch.vendor_patch($1::uuid, $2::jsonb)";
 static const char SQL_VENDOR_GET[] = "SELECT dispatch.vendor_get($1::uuid)";
 static const char SQL_VENDOR_LIST[] =
     "SELECT dispatch.vendor_list($1::boolean, $2::bigint, $3::int)";
+#define REPAIR_REFUSAL(n)                                                                          \
+    "SELECT coalesce(dispatch.engineer_refusal('repair', $1::uuid::text, $" n "::text), "
 static const char SQL_REPAIR_CREATE[] =
-    "SELECT dispatch.repair_create($1::text, $2::text, $3::uuid, $4::text, $5::timestamptz)";
-static const char SQL_REPAIR_SHIP[] = "SELECT dispatch.repair_ship($1::uuid, $2::text, $3::text, "
-                                      "$4::text, $5::timestamptz, $6::timestamptz)";
+    "SELECT coalesce(dispatch.engineer_refusal('ticket', $1::text, $6::text),"
+    " dispatch.repair_create($1::text, $2::text, $3::uuid, $4::text, $5::timestamptz))";
+static const char SQL_REPAIR_SHIP[] =
+    REPAIR_REFUSAL("7") "dispatch.repair_ship($1::uuid, $2::text, $3::text, $4::text,"
+                        " $5::timestamptz, $6::timestamptz))";
 static const char SQL_REPAIR_FOLLOWUP[] =
-    "SELECT dispatch.repair_followup($1::uuid, $2::text, $3::text, $4::timestamptz)";
+    REPAIR_REFUSAL("5") "dispatch.repair_followup($1::uuid, $2::text, $3::text, $4::timestamptz))";
 static const char SQL_REPAIR_RETURN[] =
-    "SELECT dispatch.repair_return($1::uuid, $2::text, $3::timestamptz, $4::text)";
+    REPAIR_REFUSAL("5") "dispatch.repair_return($1::uuid, $2::text, $3::timestamptz, $4::text))";
 static const char SQL_REPAIR_INSPECT[] =
-    "SELECT dispatch.repair_inspect($1::uuid, $2::text, $3::text, $4::text)";
-static const char SQL_REPAIR_REROUTE[] = "SELECT dispatch.repair_reroute($1::uuid, $2::text, "
-                                         "$3::uuid, $4::text, $5::text, $6::timestamptz)";
+    REPAIR_REFUSAL("5") "dispatch.repair_inspect($1::uuid, $2::text, $3::text, $4::text))";
+static const char SQL_REPAIR_REROUTE[] =
+    REPAIR_REFUSAL("7") "dispatch.repair_reroute($1::uuid, $2::text, $3::uuid, $4::text, $5::text,"
+                        " $6::timestamptz))";
 static const char SQL_REPAIR_GET[] = "SELECT dispatch.repair_get($1::uuid)";
 static const char SQL_REPAIR_LIST[] = "SELECT dispatch.repair_list($1::text)";
 
 /* -- cases.c -- */
+#define CASE_REFUSAL(n)                                                                            \
+    "SELECT coalesce(dispatch.engineer_refusal('case', $1::uuid::text, $" n "::text), "
 static const char SQL_CASE_FLAG[] =
-    "SELECT dispatch.case_flag($1::text, $2::text, $3::text, $4::uuid)";
-static const char SQL_CASE_NOTE[] = "SELECT dispatch.case_note($1::uuid, $2::text, $3::text)";
+    "SELECT coalesce(dispatch.engineer_refusal('ticket', $1::text, $5::text),"
+    " dispatch.case_flag($1::text, $2::text, $3::text, $4::uuid))";
+static const char SQL_CASE_NOTE[] =
+    CASE_REFUSAL("4") "dispatch.case_note($1::uuid, $2::text, $3::text))";
 static const char SQL_CASE_ESCALATE[] =
-    "SELECT dispatch.case_escalate($1::uuid, $2::text, $3::text, $4::uuid)";
+    CASE_REFUSAL("5") "dispatch.case_escalate($1::uuid, $2::text, $3::text, $4::uuid))";
 static const char SQL_CASE_OWNER[] =
-    "SELECT dispatch.case_set_owner($1::uuid, $2::text, $3::uuid, $4::text)";
-static const char SQL_CASE_CLOSE[] = "SELECT dispatch.case_close($1::uuid, $2::text, $3::text)";
+    CASE_REFUSAL("5") "dispatch.case_set_owner($1::uuid, $2::text, $3::uuid, $4::text))";
+static const char SQL_CASE_CLOSE[] =
+    CASE_REFUSAL("4") "dispatch.case_close($1::uuid, $2::text, $3::text))";
 static const char SQL_CASE_GET[] = "SELECT dispatch.case_get($1::uuid)";
 static const char SQL_CASE_OF_TICKET[] = "SELECT dispatch.case_of_ticket($1::text)";
 static const char SQL_CASE_LIST[] =
@@ -215,11 +229,11 @@ const ac_db_stmt_t dispatch_stmts[DISPATCH_STMT__COUNT] = {
     [DISPATCH_STMT_SLA_POLICY_GET] = {SQL_SLA_POLICY_GET, 1},
     [DISPATCH_STMT_SLA_POLICY_LIST] = {SQL_SLA_POLICY_LIST, 0},
     /* -- plans.c -- */
-    [DISPATCH_STMT_PLAN_PROPOSE] = {SQL_PLAN_PROPOSE, 3},
+    [DISPATCH_STMT_PLAN_PROPOSE] = {SQL_PLAN_PROPOSE, 4},
     [DISPATCH_STMT_PLAN_LIST] = {SQL_PLAN_LIST, 1},
     [DISPATCH_STMT_PLAN_GET] = {SQL_PLAN_GET, 1},
     [DISPATCH_STMT_PLAN_DECIDE] = {SQL_PLAN_DECIDE, 7},
-    [DISPATCH_STMT_PLAN_CANCEL] = {SQL_PLAN_CANCEL, 3},
+    [DISPATCH_STMT_PLAN_CANCEL] = {SQL_PLAN_CANCEL, 4},
     [DISPATCH_STMT_PLAN_LINK] = {SQL_PLAN_LINK, 3},
     [DISPATCH_STMT_PLAN_CUSTOMER_GET] = {SQL_PLAN_CUSTOMER_GET, 2},
     /* -- work.c -- */
@@ -232,20 +246,20 @@ const ac_db_stmt_t dispatch_stmts[DISPATCH_STMT__COUNT] = {
     [DISPATCH_STMT_VENDOR_PATCH] = {SQL_VENDOR_PATCH, 2},
     [DISPATCH_STMT_VENDOR_GET] = {SQL_VENDOR_GET, 1},
     [DISPATCH_STMT_VENDOR_LIST] = {SQL_VENDOR_LIST, 3},
-    [DISPATCH_STMT_REPAIR_CREATE] = {SQL_REPAIR_CREATE, 5},
-    [DISPATCH_STMT_REPAIR_SHIP] = {SQL_REPAIR_SHIP, 6},
-    [DISPATCH_STMT_REPAIR_FOLLOWUP] = {SQL_REPAIR_FOLLOWUP, 4},
-    [DISPATCH_STMT_REPAIR_RETURN] = {SQL_REPAIR_RETURN, 4},
-    [DISPATCH_STMT_REPAIR_INSPECT] = {SQL_REPAIR_INSPECT, 4},
-    [DISPATCH_STMT_REPAIR_REROUTE] = {SQL_REPAIR_REROUTE, 6},
+    [DISPATCH_STMT_REPAIR_CREATE] = {SQL_REPAIR_CREATE, 6},
+    [DISPATCH_STMT_REPAIR_SHIP] = {SQL_REPAIR_SHIP, 7},
+    [DISPATCH_STMT_REPAIR_FOLLOWUP] = {SQL_REPAIR_FOLLOWUP, 5},
+    [DISPATCH_STMT_REPAIR_RETURN] = {SQL_REPAIR_RETURN, 5},
+    [DISPATCH_STMT_REPAIR_INSPECT] = {SQL_REPAIR_INSPECT, 5},
+    [DISPATCH_STMT_REPAIR_REROUTE] = {SQL_REPAIR_REROUTE, 7},
     [DISPATCH_STMT_REPAIR_GET] = {SQL_REPAIR_GET, 1},
     [DISPATCH_STMT_REPAIR_LIST] = {SQL_REPAIR_LIST, 1},
     /* -- cases.c -- */
-    [DISPATCH_STMT_CASE_FLAG] = {SQL_CASE_FLAG, 4},
-    [DISPATCH_STMT_CASE_NOTE] = {SQL_CASE_NOTE, 3},
-    [DISPATCH_STMT_CASE_ESCALATE] = {SQL_CASE_ESCALATE, 4},
-    [DISPATCH_STMT_CASE_OWNER] = {SQL_CASE_OWNER, 4},
-    [DISPATCH_STMT_CASE_CLOSE] = {SQL_CASE_CLOSE, 3},
+    [DISPATCH_STMT_CASE_FLAG] = {SQL_CASE_FLAG, 5},
+    [DISPATCH_STMT_CASE_NOTE] = {SQL_CASE_NOTE, 4},
+    [DISPATCH_STMT_CASE_ESCALATE] = {SQL_CASE_ESCALATE, 5},
+    [DISPATCH_STMT_CASE_OWNER] = {SQL_CASE_OWNER, 5},
+    [DISPATCH_STMT_CASE_CLOSE] = {SQL_CASE_CLOSE, 4},
     [DISPATCH_STMT_CASE_GET] = {SQL_CASE_GET, 1},
     [DISPATCH_STMT_CASE_OF_TICKET] = {SQL_CASE_OF_TICKET, 1},
     [DISPATCH_STMT_CASE_LIST] = {SQL_CASE_LIST, 5},

@@ -952,6 +952,37 @@ def dispatch_ticket(stack, api=None, customer=None, timeout=20, **ticket_over):
     return t
 
 
+def ticket_holder(stack, role="technical_support"):
+    """An engineer for tests' tickets and a session on dispatch under their own token:
+    (engineer, api). Away, so that automatic assignment offers them nothing; a supervisor
+    puts them on a ticket (put_on_ticket), and then their token may act on the ticket's
+    plans, repairs and case (dispatch migration 018)."""
+    sup = stack.dispatch_api("supervisor")
+    eng = sup.must(sup.post("/v1/engineers", json={
+        "name": unique("Holder"), "role": role, "availability": "away",
+        "skills": [{"kind": "category", "name": "fault_repair", "level": 3}],
+        "regions": ["eu-central"], "capacity": 1, "contact": {"phone": "+49 30 1234567"},
+        "shift": {"around_the_clock": True}}), 201)
+    return eng, stack.engineer_api(eng["id"])
+
+
+def put_on_ticket(stack, engineer, number, kind=None):
+    """A supervisor assigns ticket `number` to `engineer` (override: away or at capacity
+    does not matter); returns the assignment."""
+    sup = stack.dispatch_api("supervisor")
+    body = {"engineer_id": engineer["id"], "reason": "the test's engineer", "override": True}
+    if kind:
+        body["kind"] = kind
+    was = sup.must(sup.get("/v1/tickets/" + number), 200)["status"]
+    a = sup.must(sup.post("/v1/tickets/%s/assign" % number, json=body), 201)
+    if a["kind"] == "diagnosis" and was in ("new", "reopened"):
+        # intake follows ticket.assigned (new -> diagnosing) and dispatch follows intake:
+        # wait, so that the test's later reads do not see the status change under them
+        wait_until(lambda: sup.get("/v1/tickets/" + number).json()["status"] == "diagnosing",
+                   15, 0.05, "ticket %s to be diagnosing" % number)
+    return a
+
+
 def next_sequence(stack, timeout=15):
     """The sequence intake's next event will get, once everything committed so far has
     been numbered. `events tail` without --from starts after the latest sequence the bus's

@@ -24,6 +24,7 @@ MISSING_ID = "00000000-0000-4000-8000-000000000000"
 def cstack(tmp_root):
     from conftest import _start_stack, _stop_stack
     stack = _start_stack(tmp_root, "cases", dispatch=True)
+    stack.holder, stack.holder_api = helpers.ticket_holder(stack)
     yield stack
     _stop_stack(stack)
 
@@ -40,7 +41,8 @@ def sup(cstack):
 
 @pytest.fixture
 def eng(cstack):
-    return cstack.dispatch_api("engineer")
+    """The engineer every new_ticket() is assigned to, under their own token."""
+    return cstack.holder_api
 
 
 def new_engineer(cstack, role, **over):
@@ -62,7 +64,9 @@ def team(cstack):
 
 
 def new_ticket(stack):
-    return helpers.dispatch_ticket(stack)
+    t = helpers.dispatch_ticket(stack)
+    helpers.put_on_ticket(stack, stack.holder, t["number"])
+    return t
 
 
 def flag(api, number, owner, reason="Intermittent fault nobody can reproduce"):
@@ -209,7 +213,7 @@ def test_chosen_owner_is_never_on_leave(cstack, sup, eng, team):
             sup.patch("/v1/engineers/" + s["id"], json={"availability": s["availability"]})
 
 
-def test_owner_defaults_to_the_engineer_holding_the_ticket(cstack, eng):
+def test_owner_defaults_to_the_engineer_holding_the_ticket(cstack):
     """Without owner_engineer_id the case goes to the engineer assignment gave the ticket.
     The technical support engineer here has the only skill for a product model of its own
     and room for one job, so it gets this ticket's diagnosis and no other ticket."""
@@ -226,8 +230,9 @@ def test_owner_defaults_to_the_engineer_holding_the_ticket(cstack, eng):
     wait_until(lambda: dapi.get("/v1/tickets/%s/assignments" % t["number"]).json()
                .get("current_engineer_id") == tech["id"], 30, 0.1,
                "assignment to offer the diagnosis to %s" % tech["id"])
-    c = eng.must(eng.post("/v1/tickets/%s/case" % t["number"], json={"reason": "odd noise"}),
-                 201)
+    tech_api = cstack.engineer_api(tech["id"])
+    c = tech_api.must(tech_api.post("/v1/tickets/%s/case" % t["number"],
+                                    json={"reason": "odd noise"}), 201)
     assert c["owner_engineer_id"] == tech["id"] and c["owner_role"] == "technical_support"
 
 
@@ -291,12 +296,14 @@ def test_bad_flags_change_nothing(cstack, sup, eng, team):
          "owner_engineer_id"),
         (t["number"], dict(ok, owner_engineer_id=team["mgr"]["id"]), 422, "invalid_field",
          "owner_engineer_id"),
-        # nobody holds the ticket, so the owner must be named
-        (t["number"], {"reason": "hard"}, 422, "missing_field", "owner_engineer_id"),
         (t["number"], dict(ok, level="manager"), 422, "unknown_field", "level"),
     ]
     for number, body, status, code, field in cases:
         assert_error(eng.post("/v1/tickets/%s/case" % number, json=body), status, code, field)
+    # nobody holds this ticket, so the owner must be named
+    nobodys = helpers.dispatch_ticket(cstack)
+    assert_error(sup.post("/v1/tickets/%s/case" % nobodys["number"], json={"reason": "hard"}),
+                 422, "missing_field", "owner_engineer_id")
     for role in ("agent", "warehouse", "integration"):
         assert_error(cstack.dispatch_api(role).post(path, json=ok), 403, "forbidden")
     assert snapshot(cstack) == before
@@ -378,10 +385,47 @@ def test_cancelled_ticket_cannot_be_flagged(cstack, eng, team):
     wait_until(lambda: dview.get("/v1/tickets/" + t["number"]).json()["status"] == "cancelled",
                15, 0.05, "dispatch to see the cancellation")
     before = snapshot(cstack)
-    assert_error(eng.post("/v1/tickets/%s/case" % t["number"],
-                          json={"reason": "x", "owner_engineer_id": team["field"]["id"]}),
-                 409, "conflict")
+    body = {"reason": "x", "owner_engineer_id": team["field"]["id"]}
+    # the cancellation released the engineer's assignment: the ticket is no longer theirs
+    assert_error(eng.post("/v1/tickets/%s/case" % t["number"], json=body), 403,
+                 "not_your_ticket")
+    sup = cstack.dispatch_api("supervisor")
+    assert_error(sup.post("/v1/tickets/%s/case" % t["number"], json=body), 409, "conflict")
     assert snapshot(cstack) == before
+
+
+def test_only_the_engineer_on_the_ticket_or_the_owner_works_the_case(cstack, sup, eng, team):
+    """An engineer's token flags and works a case only on a ticket that engineer holds an
+    open assignment on, or as the case's owner; a token naming no engineer does neither.
+    A refusal changes nothing."""
+    t = new_ticket(cstack)  # held by eng's engineer
+    other, other_api = helpers.ticket_holder(cstack)
+    unlinked = cstack.dispatch_api("engineer")
+    before = snapshot(cstack)
+    err = assert_error(other_api.post("/v1/tickets/%s/case" % t["number"],
+                                      json={"reason": "odd noise"}), 403, "not_your_ticket")
+    assert other["id"] in err["message"] and t["number"] in err["message"]
+    assert_error(unlinked.post("/v1/tickets/%s/case" % t["number"], json={"reason": "x"}), 403,
+                 "forbidden")
+    assert snapshot(cstack) == before
+    c = flag(eng, t["number"], team["field"])
+    before = snapshot(cstack, c["id"])
+    for what, body in (("notes", {"note": "seen it too"}), ("escalate", {"reason": "help"}),
+                       ("owner", {"engineer_id": other["id"], "reason": "mine now"}),
+                       ("close", {"resolution": "fixed"})):
+        assert_error(other_api.post("/v1/cases/%s/%s" % (c["id"], what), json=body), 403,
+                     "not_your_ticket")
+        assert_error(unlinked.post("/v1/cases/%s/%s" % (c["id"], what), json=body), 403,
+                     "forbidden")
+    assert snapshot(cstack, c["id"]) == before
+    # the case's owner works it without holding the ticket
+    field_api = cstack.engineer_api(team["field"]["id"])
+    act(field_api, c["id"], "notes", {"note": "Owner: swapped the sensor"}, 201)
+    # a supervisor hands the case to the other engineer: now theirs too
+    act(sup, c["id"], "owner", {"engineer_id": other["id"], "reason": "knows the model"})
+    act(other_api, c["id"], "notes", {"note": "New owner: looking into it"}, 201)
+    assert_error(field_api.post("/v1/cases/%s/notes" % c["id"], json={"note": "x"}), 403,
+                 "not_your_ticket")
 
 
 def test_concurrent_flags_make_one_case(cstack, eng, team):

@@ -23,6 +23,7 @@ MISSING_ID = "00000000-0000-4000-8000-000000000000"
 def rstack(tmp_root):
     from conftest import _start_stack, _stop_stack
     stack = _start_stack(tmp_root, "repairs", dispatch=True)
+    stack.holder, stack.holder_api = helpers.ticket_holder(stack, "depot_technician")
     yield stack
     _stop_stack(stack)
 
@@ -39,7 +40,8 @@ def sup(rstack):
 
 @pytest.fixture
 def eng(rstack):
-    return rstack.dispatch_api("engineer")
+    """The depot technician every new_ticket() is assigned to, under their own token."""
+    return rstack.holder_api
 
 
 def vendor_body(**over):
@@ -60,7 +62,9 @@ def new_vendor(sup, **over):
 
 
 def new_ticket(stack):
-    return helpers.dispatch_ticket(stack)
+    t = helpers.dispatch_ticket(stack)
+    helpers.put_on_ticket(stack, stack.holder, t["number"])
+    return t
 
 
 def opened(t):
@@ -640,11 +644,52 @@ def test_closed_ticket_gets_no_sendout(rstack, sup, eng):
     wait_until(lambda: dview.get("/v1/tickets/" + t["number"]).json()["status"] == "cancelled",
                15, 0.05, "dispatch to see the cancellation")
     before = snapshot(rstack)
-    err = assert_error(eng.post("/v1/tickets/%s/repairs" % t["number"],
-                                json={"vendor_id": vendor["id"], "rma_number": rma()}),
-                       409, "conflict")
+    body = {"vendor_id": vendor["id"], "rma_number": rma()}
+    # the cancellation released the technician's assignment: the ticket is no longer theirs
+    assert_error(eng.post("/v1/tickets/%s/repairs" % t["number"], json=body), 403,
+                 "not_your_ticket")
+    err = assert_error(sup.post("/v1/tickets/%s/repairs" % t["number"], json=body), 409,
+                       "conflict")
     assert "cancelled" in err["message"]
     assert snapshot(rstack) == before
+
+
+def test_only_the_engineer_on_the_ticket_handles_its_sendouts(rstack, sup, eng):
+    """An engineer's token prepares and steps send-outs only of tickets that engineer
+    holds an open assignment on; a token naming no engineer may do neither. Supervisors
+    act on any ticket. A refusal changes nothing."""
+    vendor = new_vendor(sup)
+    t = new_ticket(rstack)  # held by the module's depot technician (eng)
+    other, other_api = helpers.ticket_holder(rstack, "depot_technician")
+    unlinked = rstack.dispatch_api("engineer")
+    body = {"vendor_id": vendor["id"], "rma_number": rma()}
+    before = snapshot(rstack)
+    err = assert_error(other_api.post("/v1/tickets/%s/repairs" % t["number"], json=body), 403,
+                       "not_your_ticket")
+    assert other["id"] in err["message"] and t["number"] in err["message"]
+    assert_error(unlinked.post("/v1/tickets/%s/repairs" % t["number"], json=body), 403,
+                 "forbidden")
+    assert snapshot(rstack) == before
+    s = prepare(eng, t["number"], vendor)
+    before = snapshot(rstack, s["id"])
+    for what, b in (("ship", {"carrier": "DHL", "tracking": "JD014600003828"}),
+                    ("followup", {"note": "Asked the vendor for news"}),
+                    ("return", {}), ("inspect", {"result": "pass"}),
+                    ("reroute", {"vendor_id": vendor["id"], "rma_number": rma(),
+                                 "reason": "x"})):
+        assert_error(other_api.post("/v1/repairs/%s/%s" % (s["id"], what), json=b), 403,
+                     "not_your_ticket")
+        assert_error(unlinked.post("/v1/repairs/%s/%s" % (s["id"], what), json=b), 403,
+                     "forbidden")
+    assert snapshot(rstack, s["id"]) == before
+    # once a supervisor gives the other technician the ticket, it is theirs
+    helpers.put_on_ticket(rstack, other, t["number"])
+    shipped = ship(other_api, s)
+    assert shipped["state"] == "shipped"
+    assert_error(eng.post("/v1/repairs/%s/followup" % s["id"], json={"note": "news?"}), 403,
+                 "not_your_ticket")
+    act = step(sup, s["id"], "followup", {"note": "Supervisor chased the vendor"})
+    assert act["id"] == s["id"]
 
 
 def test_concurrent_creates_make_one_sendout(rstack, sup, eng):

@@ -607,7 +607,7 @@ def test_intake_skips_an_illegal_move_and_goes_on(wstack, sub, eng, fe):
     wait_status(wstack, b["number"], "waiting_parts")
 
 
-def test_intake_follows_assignment_and_plan(wstack, sub, fe):
+def test_intake_follows_assignment_and_plan(wstack, sub):
     """The whole way with the other modules: the diagnosis assignment takes the new ticket
     to diagnosing, the accepted plan to planned; the work assignment that follows changes
     no status; the work record defaults to the engineer holding the ticket."""
@@ -631,7 +631,8 @@ def test_intake_follows_assignment_and_plan(wstack, sub, fe):
     body = {"mode": "on_site", "work": "Replace the bearing", "eta": eta}
     if not in_warranty:
         body.update(fee_cents=18900, currency="EUR", free_of_charge=False)
-    plan = fe.must(fe.post("/v1/tickets/%s/plans" % n, json=body), 201)
+    diagnoser = wstack.engineer_api(support["id"])  # holds the diagnosis: proposes the plan
+    plan = diagnoser.must(diagnoser.post("/v1/tickets/%s/plans" % n, json=body), 201)
     mark = sub.mark()
     dapi.must(dapi.post("/v1/plans/%s/accept" % plan["id"], json={"customer_name": "Dana"}),
               200)
@@ -655,6 +656,7 @@ def test_intake_follows_external_repair(wstack, eng, fe, sup):
     """A unit sent to an outside repair station: repair.shipped -> waiting_external,
     repair.returned -> in_progress; the other repair steps change no status."""
     t, rec = record_at(wstack, fe, eng, "started")
+    helpers.put_on_ticket(wstack, eng, t["number"], kind="work")  # send-outs: the holder's
     vendor = sup.must(sup.post("/v1/vendors", json={
         "name": unique("Nordwerk Repair"), "contact": {"email": "rma@nordwerk.example"},
         "turnaround_days": 10}), 201)
