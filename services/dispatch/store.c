@@ -133,9 +133,10 @@ static const char SQL_PLAN_CUSTOMER_GET[] = "SELECT dispatch.plan_customer_get($
 
 /* -- work.c -- */
 /* $6 / $10: whose work the caller may record (migration 014); an engineer's own record
- * when engineer_id is left out */
+ * when engineer_id is left out, on a ticket the engineer holds (018) */
 static const char SQL_WORK_CREATE[] =
     "SELECT coalesce(dispatch.work_refusal(NULL, $3::uuid, $6::text),"
+    " dispatch.engineer_refusal('ticket', $1::text, $6::text),"
     " dispatch.work_create($1::text, $2::text, coalesce($3::uuid, nullif($6::text, '')::uuid),"
     " $4::text, $5::text))";
 static const char SQL_WORK_STEP[] =

@@ -185,6 +185,7 @@ def record_at(stack, api, eng, last, kind="visit"):
     """A record on a fresh planned ticket, taken through the steps up to `last`, once
     intake has followed them."""
     t = planned_ticket(stack)
+    helpers.put_on_ticket(stack, eng, t["number"], kind="work")
     rec = new_record(api, t["number"], eng["id"], kind)
     path = {"visit": ["travel", "arrived", "started", "paused", "resumed", "completed",
                       "confirmed"],
@@ -204,6 +205,7 @@ def record_at(stack, api, eng, last, kind="visit"):
 
 def test_full_visit(wstack, sub, eng, fe):
     t = planned_ticket(wstack)
+    helpers.put_on_ticket(wstack, eng, t["number"], kind="work")
     number = t["number"]
     mark = sub.mark()
     rec = new_record(fe, number, eng["id"])
@@ -324,6 +326,7 @@ def test_full_visit(wstack, sub, eng, fe):
 
 def test_remote_session(wstack, sub, eng, fe):
     t = planned_ticket(wstack)
+    helpers.put_on_ticket(wstack, eng, t["number"], kind="work")
     mark = sub.mark()
     rec = new_record(fe, t["number"], eng["id"], kind="remote")
     for illegal in ("travel", "arrived"):
@@ -539,14 +542,19 @@ def test_create_errors(wstack, eng, fe):
     assert_error(fe.get("/v1/tickets/SV-20990101-999999/work"), 404, "not_found")
 
 
-def test_no_new_work_on_a_cancelled_ticket(wstack, eng, fe):
+def test_no_new_work_on_a_cancelled_ticket(wstack, eng, fe, sup):
     t = planned_ticket(wstack)
+    helpers.put_on_ticket(wstack, eng, t["number"], kind="work")
     transition(wstack, t["number"], "cancelled", "customer withdrew")
     dapi = wstack.dispatch_api("agent")
     wait_until(lambda: dapi.get("/v1/tickets/" + t["number"]).json()["status"] == "cancelled",
                15, 0.05, "dispatch to see the cancellation")
-    assert_error(fe.post("/v1/tickets/%s/work" % t["number"],
-                         json={"kind": "visit", "engineer_id": eng["id"]}), 409, "ticket_closed")
+    body = {"kind": "visit", "engineer_id": eng["id"]}
+    # the cancellation released the engineer's assignment: not their ticket any more
+    assert_error(fe.post("/v1/tickets/%s/work" % t["number"], json=body), 403,
+                 "not_your_ticket")
+    assert_error(sup.post("/v1/tickets/%s/work" % t["number"], json=body), 409,
+                 "ticket_closed")
 
 
 @pytest.mark.parametrize("role,create,travel,confirm,read", [
@@ -560,6 +568,7 @@ def test_no_new_work_on_a_cancelled_ticket(wstack, eng, fe):
 def test_roles(wstack, eng, fe, role, create, travel, confirm, read):
     api = fe if role == "engineer" else wstack.dispatch_api(role)
     t = planned_ticket(wstack)
+    helpers.put_on_ticket(wstack, eng, t["number"], kind="work")
     r = api.post("/v1/tickets/%s/work" % t["number"],
                  json={"kind": "visit", "engineer_id": eng["id"]})
     assert r.status_code == create, r.text
@@ -655,8 +664,7 @@ def test_intake_follows_assignment_and_plan(wstack, sub):
 def test_intake_follows_external_repair(wstack, eng, fe, sup):
     """A unit sent to an outside repair station: repair.shipped -> waiting_external,
     repair.returned -> in_progress; the other repair steps change no status."""
-    t, rec = record_at(wstack, fe, eng, "started")
-    helpers.put_on_ticket(wstack, eng, t["number"], kind="work")  # send-outs: the holder's
+    t, rec = record_at(wstack, fe, eng, "started")  # eng holds the ticket's work
     vendor = sup.must(sup.post("/v1/vendors", json={
         "name": unique("Nordwerk Repair"), "contact": {"email": "rma@nordwerk.example"},
         "turnaround_days": 10}), 201)
@@ -680,6 +688,7 @@ def test_confirmation_does_not_resolve_a_new_ticket(wstack, eng, fe):
     visit is not one: visit.confirmed resolves only from in_progress or diagnosing."""
     t = helpers.dispatch_ticket(wstack, product_id=wstack.api("agent").new_product(
         wstack.probe_customer["id"])["id"])
+    helpers.put_on_ticket(wstack, eng, t["number"], kind="work")  # keeps the ticket new
     rec = new_record(fe, t["number"], eng["id"], kind="remote")
     for name, extra in (("started", {}), ("completed", {"report": report_body()})):
         step(fe, rec["id"], name, **extra)
@@ -869,15 +878,17 @@ def test_intake_follows_dispatch_by_default(wstack):
 
 
 def test_an_engineer_records_only_their_own_work(wstack, eng, fe):
-    """An engineer's token opens and steps only that engineer's work records (without
-    engineer_id: a record for that engineer); a token that names no engineer records
-    none; a supervisor records anyone's. A refusal changes nothing."""
+    """An engineer's token opens records only for that engineer (without engineer_id: a
+    record for that engineer) and only on tickets the engineer holds, and steps only
+    that engineer's records; a token that names no engineer records none; a supervisor
+    records anyone's. A refusal changes nothing."""
     other = new_engineer(wstack)
     other_api = wstack.engineer_api(other["id"])
     unlinked = wstack.dispatch_api("engineer")
     sup = wstack.dispatch_api("supervisor")
     t = planned_ticket(wstack)
     n = t["number"]
+    helpers.put_on_ticket(wstack, eng, n, kind="work")
     rec = new_record(fe, n, eng["id"])
     own = fe.must(fe.post("/v1/tickets/%s/work" % n, json={"kind": "remote"}), 201)
     assert own["engineer_id"] == eng["id"]
@@ -887,6 +898,9 @@ def test_an_engineer_records_only_their_own_work(wstack, eng, fe):
                                 json={"kind": "visit", "engineer_id": eng["id"]}),
                  403, "not_your_work", "engineer_id")
     assert_error(step(other_api, rec["id"], "travel", status=403), 403, "not_your_work")
+    err = assert_error(other_api.post("/v1/tickets/%s/work" % n, json={"kind": "visit"}), 403,
+                       "not_your_ticket")
+    assert other["id"] in err["message"] and n in err["message"]
     assert_error(unlinked.post("/v1/tickets/%s/work" % n,
                                json={"kind": "visit", "engineer_id": eng["id"]}),
                  403, "forbidden")
