@@ -62,8 +62,9 @@ static const char CREATE_HELP[] =
     "      --name NAME        a name to list and revoke it by (default: ROLE-<time>-<pid>);\n"
     "                         no two active tokens share a name\n"
     "      --engineer ID      role engineer only: the engineer (dispatch's id) the token\n"
-    "                         belongs to; it may answer only that engineer's offers, and an\n"
-    "                         engineer token without one may answer none\n" CTL_DB_HELP;
+    "                         belongs to; it may answer only that engineer's offers and work\n"
+    "                         (records, plans, repairs, cases) only on tickets the engineer\n"
+    "                         holds; an engineer token without one may do neither\n" CTL_DB_HELP;
 
 int ctl_token_create(ctl_globals_t *g, int argc, char **argv)
 {
