@@ -111,6 +111,13 @@ struct pg_result *ac_db_txn_result(const ac_db_txn_t *t, int i);
 const char *ac_db_txn_sqlstate(const ac_db_txn_t *t); /* "" when none */
 const char *ac_db_txn_errmsg(const ac_db_txn_t *t);   /* "" when none */
 
+/* The rows of a result with binary results in increasing order of its int8 column col
+ * (NULL counts as 0): NULL when they already are in that order (the usual case: nothing to
+ * free) or when out of memory (*err is AC_ERR_NOMEM then); otherwise the row numbers in
+ * that order, which the caller frees. For statements that leave out an ORDER BY whose
+ * sort would cost more than this (wide rows that come in order anyway). */
+int *ac_db_result_order(const struct pg_result *res, int col, int *err);
+
 /* The PostgreSQL array literal {"v0","v1",NULL,...} of n text values (NULL: SQL NULL),
  * quoted and escaped: one parameter ($1::text[], ::uuid[], ::bigint[], ...) for a
  * set-based statement over many rows. The caller frees it; NULL when out of memory. */

@@ -3,20 +3,22 @@
  * Every service that publishes owns <schema>.outbox (created by ac_outbox_migrate()):
  *   id bigserial, event_id uuid unique, topic text, envelope bytea (packed Envelope
  *   without sequence), created_at
- * and, next to it, <schema>.outbox_pending (id: rows not numbered yet; the insert trigger
- * fills it), <schema>.outbox_seq (sequence -> id: the numbering, append-only),
- * <schema>.outbox_state (last_seq: last number assigned; published_seq: last number
- * handed to the bus) and the view <schema>.outbox_sequenced (the outbox with its sequence,
- * NULL while unnumbered). A writer inserts into the outbox in the same transaction as its
- * state change:
+ * and, next to it, <schema>.outbox_pending_run (lo, hi: ids committed and not numbered
+ * yet, one row per gap-free range of ids an INSERT wrote; the insert trigger fills it),
+ * <schema>.outbox_run (first_seq, first_id, n: ids first_id.. carry sequences first_seq..,
+ * the numbering, append-only), <schema>.outbox_state (last_seq: last number assigned;
+ * published_seq: last number handed to the bus), the function
+ * <schema>.outbox_span(from, to) (the id ranges of a sequence range) and the view
+ * <schema>.outbox_sequenced (the outbox with its sequence, NULL while unnumbered). A
+ * writer inserts into the outbox in the same transaction as its state change:
  *   INSERT INTO <schema>.outbox (event_id, topic, envelope) VALUES ($1, $2, $3)
  * ($3 binary). A statement trigger records the new ids as pending and sends NOTIFY
  * <schema>_outbox.
  *
  * The relay (one per service) is woken by that NOTIFY (and polls once a second as a
- * safety net). In one transaction it takes the oldest pending ids, numbers them last_seq+1,
- * last_seq+2, ... (gap-free from 1, kept across restarts) in outbox_seq without touching
- * the outbox rows, commits, then publishes them in order to the bus input, several per
+ * safety net). In one transaction it takes the oldest pending runs, numbers their ids
+ * last_seq+1, last_seq+2, ... (gap-free from 1, kept across restarts) in outbox_run without
+ * touching the outbox rows, commits, then publishes them in order to the bus input, several per
  * ZeroMQ message (ac_bus.h, batches); published_seq records what went out, lagging 2 s
  * behind so that what a killed process's socket still held counts as unsent. After a crash,
  * events after the recorded published_seq are published again first (at-least-once;
@@ -60,6 +62,9 @@ typedef struct ac_outbox_config {
 
 /* Blocking, start-up only: creates/updates the outbox tables of schema. */
 int ac_outbox_migrate(const char *conninfo, const char *schema, double wait_s) AC_WUR;
+/* The same, stopping after migration `version`: for tests of an upgrade with data. */
+int ac_outbox_migrate_upto(const char *conninfo, const char *schema, int version,
+                           double wait_s) AC_WUR;
 
 ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg);
 void ac_outbox_destroy(ac_outbox_t **self_p);

@@ -1261,6 +1261,57 @@ const char *ac_db_txn_errmsg(const ac_db_txn_t *t)
 
 /* --- parameters ------------------------------------------------------------------------ */
 
+/* An int8 cell of a binary result; 0 for NULL or anything else. */
+static uint64_t cell_int8(const PGresult *res, int row, int col)
+{
+    const unsigned char *p = (const unsigned char *)PQgetvalue(res, row, col);
+    uint64_t v = 0;
+    if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 8)
+        return 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+typedef struct row_key {
+    int64_t key;
+    int row;
+} row_key_t;
+
+static int row_key_cmp(const void *a, const void *b)
+{
+    const row_key_t *x = a, *y = b;
+    return x->key < y->key ? -1 : x->key > y->key;
+}
+
+int *ac_db_result_order(const struct pg_result *res, int col, int *err)
+{
+    int rows = PQntuples(res), r = 1;
+    row_key_t *keys;
+    int *order;
+
+    *err = 0;
+    while (r < rows && (int64_t)cell_int8(res, r, col) >= (int64_t)cell_int8(res, r - 1, col))
+        r++;
+    if (r >= rows)
+        return NULL;
+    keys = malloc((size_t)rows * sizeof(*keys));
+    order = malloc((size_t)rows * sizeof(*order));
+    if (!keys || !order) {
+        free(keys);
+        free(order);
+        *err = AC_ERR_NOMEM;
+        return NULL;
+    }
+    for (r = 0; r < rows; r++)
+        keys[r] = (row_key_t){(int64_t)cell_int8(res, r, col), r};
+    qsort(keys, (size_t)rows, sizeof(*keys), row_key_cmp);
+    for (r = 0; r < rows; r++)
+        order[r] = keys[r].row;
+    free(keys);
+    return order;
+}
+
 char *ac_db_array_literal(const char *const *values, size_t n)
 {
     size_t cap = 3; /* braces and NUL */

@@ -85,6 +85,7 @@ typedef struct opts {
     const char *envelope_file; /* hex of one outbox envelope (no sequence) */
     const char *topic;
     const char *endpoint;
+    const char *replay_endpoint; /* sub: repair gaps from here, like a real consumer */
     const char *key_file;
     const char *server_key;
     const char *source;
@@ -103,6 +104,7 @@ enum {
     O_ENVELOPE = 1000,
     O_TOPIC,
     O_ENDPOINT,
+    O_REPLAY_ENDPOINT,
     O_KEY_FILE,
     O_SERVER_KEY,
     O_SOURCE,
@@ -125,6 +127,7 @@ static const struct option long_opts[] = {
     {"envelope", required_argument, NULL, O_ENVELOPE},
     {"topic", required_argument, NULL, O_TOPIC},
     {"endpoint", required_argument, NULL, O_ENDPOINT},
+    {"replay-endpoint", required_argument, NULL, O_REPLAY_ENDPOINT},
     {"key-file", required_argument, NULL, O_KEY_FILE},
     {"server-key", required_argument, NULL, O_SERVER_KEY},
     {"source", required_argument, NULL, O_SOURCE},
@@ -148,6 +151,7 @@ static const char USAGE[] =
     "usage: bench-events raw     --envelope HEXFILE [--topic T] [--count N] [--frames 2|4]\n"
     "       bench-events sub     --endpoint EP --key-file F --server-key K --from A --to B\n"
     "                            [--source S] [--ready-file F] [--timeout S]\n"
+    "                            [--replay-endpoint EP]   (repair gaps by replay)\n"
     "       bench-events replay  --endpoint EP --key-file F --server-key K --from A --to B\n"
     "                            [--source S] [--prefix P] [--timeout S]\n"
     "       bench-events pub     --endpoint EP --key-file F --server-key K --envelope HEXFILE\n"
@@ -192,6 +196,9 @@ static void parse_opts(int argc, char **argv, opts_t *o)
             break;
         case O_ENDPOINT:
             o->endpoint = optarg;
+            break;
+        case O_REPLAY_ENDPOINT:
+            o->replay_endpoint = optarg;
             break;
         case O_KEY_FILE:
             o->key_file = optarg;
@@ -394,6 +401,12 @@ static void seen_init(seen_t *s, uint64_t from, uint64_t to)
         die("out of memory");
 }
 
+static int seen_has(const seen_t *s, uint64_t seq)
+{
+    uint64_t i = seq - s->from;
+    return seq >= s->from && seq <= s->to && (s->bits[i / 8] & (1u << (i % 8)));
+}
+
 /* 1 when seq is new and in range. */
 static int seen_add(seen_t *s, uint64_t seq)
 {
@@ -558,6 +571,27 @@ static int mode_raw(const opts_t *o)
     return seen.unique == (uint64_t)o->count ? 0 : 3;
 }
 
+/* Sends one replay request (ReplayRequest, see docs/events.md) on a DEALER. */
+static int replay_request(ac_zsock_t *sock, const char *request_id, const char *source,
+                          uint64_t from, uint64_t to, const char *prefix)
+{
+    Aftercare__V1__ReplayRequest req = AFTERCARE__V1__REPLAY_REQUEST__INIT;
+    uint8_t buf[1024];
+    const char *kind = "replay.request";
+    const void *data[2] = {kind, buf};
+    size_t lens[2] = {strlen(kind), 0};
+
+    req.request_id = (char *)(uintptr_t)request_id;
+    req.source = (char *)(uintptr_t)source;
+    req.from_sequence = from;
+    req.to_sequence = to;
+    req.topic_prefix = (char *)(uintptr_t)prefix;
+    if (aftercare__v1__replay_request__get_packed_size(&req) > sizeof(buf))
+        die("request too large");
+    lens[1] = aftercare__v1__replay_request__pack(&req, buf);
+    return ac_zsock_send(sock, data, lens, 2);
+}
+
 /* --- sub: one subscriber on the bus output ------------------------------------------------- */
 
 typedef struct subscriber {
@@ -570,6 +604,15 @@ typedef struct subscriber {
     int64_t idle_since;
     ev_timer tick;
     ev_signal sigint, sigterm;
+    /* gap repair (--replay-endpoint): what a consumer of common/consumer.c does */
+    ac_zsock_t *replay;
+    int is_replaying;        /* a request is in flight */
+    uint64_t low;            /* every sequence below this was seen */
+    uint64_t top;            /* the highest sequence seen live */
+    int64_t live_at;         /* when the last live event came */
+    uint64_t live, repaired; /* unique events that came live / by replay */
+    uint64_t replays, replay_errors;
+    char request_id[48];
 } subscriber_t;
 
 static void sub_ready(subscriber_t *s, const char *why)
@@ -582,6 +625,24 @@ static void sub_ready(subscriber_t *s, const char *why)
         if (!f || fprintf(f, "%s %.6f\n", why, s->ready_at) < 0 || fclose(f) != 0)
             die("%s: %s", s->o->ready_file, strerror(errno));
     }
+}
+
+/* A new event, live or replayed; ends the run once every sequence is in. */
+static void sub_got(subscriber_t *s, uint64_t seq, int is_live)
+{
+    if (!seen_add(&s->seen, seq))
+        return;
+    double t = wall_s();
+    if (s->first == 0)
+        s->first = t;
+    s->last = t;
+    s->idle_since = now_ns();
+    if (is_live)
+        s->live++;
+    else
+        s->repaired++;
+    if (s->seen.unique == s->seen.to - s->seen.from + 1)
+        ev_break(s->loop, EVBREAK_ALL);
 }
 
 static void on_sub_readable(ac_zsock_t *sock, void *arg)
@@ -599,19 +660,66 @@ static void on_sub_readable(ac_zsock_t *sock, void *arg)
             sub_ready(s, "heartbeat");
         } else if (view_source_is(&v, s->o->source)) {
             s->received++;
-            if (seen_add(&s->seen, v.sequence)) {
-                double t = wall_s();
-                if (s->first == 0)
-                    s->first = t;
-                s->last = t;
-                s->idle_since = now_ns();
-            }
+            s->live_at = now_ns();
+            if (v.sequence > s->top)
+                s->top = v.sequence;
+            sub_got(s, v.sequence, 1);
         }
         ac_frames_clear(&f);
-        if (s->seen.unique == s->seen.to - s->seen.from + 1) {
-            ev_break(s->loop, EVBREAK_ALL);
-            return;
+    }
+}
+
+static void on_sub_replay(ac_zsock_t *sock, void *arg)
+{
+    subscriber_t *s = arg;
+    for (int i = 0; i < 4096; i++) {
+        ac_frames_t f;
+        env_view_t v;
+        const char *kind;
+        if (ac_zsock_recv(sock, &f) != 0)
+            break;
+        kind = f.n >= 1 ? (const char *)f.data[0] : "";
+        if (strcmp(kind, "replay.event") == 0 && f.n == 4 &&
+            env_scan(f.data[3], f.len[3], &v) == 0) {
+            if (!seen_has(&s->seen, v.sequence))
+                sub_got(s, v.sequence, 0);
+        } else if (strcmp(kind, "replay.end") == 0) {
+            s->is_replaying = 0;
+        } else if (strcmp(kind, "replay.error") == 0) {
+            s->is_replaying = 0;
+            s->replay_errors++;
+        } else {
+            s->garbage++;
         }
+        ac_frames_clear(&f);
+    }
+}
+
+/* A hole below the highest live sequence, or nothing live for a while after the stream
+ * began with sequences still missing (the tail was dropped): ask for that hole alone, one
+ * request at a time (what a consumer does when a live event skips ahead). */
+static void sub_repair(subscriber_t *s)
+{
+    uint64_t to;
+    if (!s->replay || s->is_replaying || s->top == 0)
+        return;
+    while (s->low <= s->seen.to && seen_has(&s->seen, s->low))
+        s->low++;
+    if (s->low > s->seen.to)
+        return;
+    if (s->low < s->top) {
+        to = s->low;
+        while (to + 1 < s->top && !seen_has(&s->seen, to + 1))
+            to++;
+    } else if (now_ns() - s->live_at > 300 * 1000000LL) {
+        to = s->seen.to;
+    } else {
+        return;
+    }
+    snprintf(s->request_id, sizeof(s->request_id), "bench-repair-%" PRIu64, s->replays);
+    if (replay_request(s->replay, s->request_id, s->o->source, s->low, to, "") == 0) {
+        s->is_replaying = 1;
+        s->replays++;
     }
 }
 
@@ -620,6 +728,8 @@ static void on_sub_tick(struct ev_loop *loop, ev_timer *w, int revents)
     subscriber_t *s = ac_container_of(w, subscriber_t, tick);
     if (s->ready_at == 0 && wall_s() - s->started > 5)
         sub_ready(s, "timeout"); /* no heartbeat (yet): the subscription is probably live */
+    if (s->ready_at > 0)
+        sub_repair(s);
     if (now_ns() - s->idle_since > (int64_t)(s->o->timeout_s * 1e9)) {
         fprintf(stderr, "bench-events sub: nothing new for %.0f s; giving up\n", s->o->timeout_s);
         ev_break(loop, EVBREAK_ALL);
@@ -642,14 +752,23 @@ static int mode_sub(const opts_t *o)
         die("--from and --to: 1 <= from <= to");
     load_curve(o, &curve);
     seen_init(&s.seen, o->from, o->to);
+    s.low = o->from;
     s.sock = ac_zsock_new(s.loop, AC_ZSOCK_SUB);
     if (!s.sock || ac_zsock_set_hwm(s.sock, 1000, 0) || ac_zsock_set_curve_client(s.sock, &curve) ||
         ac_zsock_subscribe(s.sock, "") || ac_zsock_connect(s.sock, o->endpoint))
         die("cannot subscribe to %s", o->endpoint);
     ac_zsock_on_readable(s.sock, on_sub_readable, &s);
+    if (o->replay_endpoint) {
+        s.replay = ac_zsock_new(s.loop, AC_ZSOCK_DEALER);
+        if (!s.replay || ac_zsock_set_hwm(s.replay, 1000, 0) ||
+            ac_zsock_set_curve_client(s.replay, &curve) ||
+            ac_zsock_connect(s.replay, o->replay_endpoint))
+            die("cannot connect to %s", o->replay_endpoint);
+        ac_zsock_on_readable(s.replay, on_sub_replay, &s);
+    }
     s.started = wall_s();
-    s.idle_since = now_ns();
-    ev_timer_init(&s.tick, on_sub_tick, 0.1, 0.1);
+    s.idle_since = s.live_at = now_ns();
+    ev_timer_init(&s.tick, on_sub_tick, 0.02, 0.02);
     ev_timer_start(s.loop, &s.tick);
     ev_signal_init(&s.sigint, on_stop_signal, SIGINT);
     ev_signal_init(&s.sigterm, on_stop_signal, SIGTERM);
@@ -658,10 +777,12 @@ static int mode_sub(const opts_t *o)
     ev_run(s.loop, 0);
     want = o->to - o->from + 1;
     printf("sub expected=%" PRIu64 " unique=%" PRIu64 " missing=%" PRIu64 " duplicates=%" PRIu64
-           " received=%" PRIu64 " heartbeats=%" PRIu64 " garbage=%" PRIu64
+           " received=%" PRIu64 " heartbeats=%" PRIu64 " garbage=%" PRIu64 " live=%" PRIu64
+           " repaired=%" PRIu64 " replays=%" PRIu64 " replay_errors=%" PRIu64
            " ready=%.6f first=%.6f last=%.6f\n",
            want, s.seen.unique, want - s.seen.unique, s.seen.duplicates, s.received, s.heartbeats,
-           s.garbage, s.ready_at, s.first, s.last);
+           s.garbage, s.live, s.repaired, s.replays, s.replay_errors, s.ready_at, s.first, s.last);
+    ac_zsock_destroy(&s.replay);
     ac_zsock_destroy(&s.sock);
     ac_bus_shutdown();
     free(s.seen.bits);
@@ -751,11 +872,6 @@ static int mode_replay(const opts_t *o)
 {
     replayer_t r = {.o = o, .loop = EV_DEFAULT};
     ac_curve_t curve;
-    Aftercare__V1__ReplayRequest req = AFTERCARE__V1__REPLAY_REQUEST__INIT;
-    uint8_t buf[1024];
-    const char *kind = "replay.request";
-    const void *data[2];
-    size_t lens[2];
     double secs;
 
     need(o->endpoint, "endpoint");
@@ -763,17 +879,6 @@ static int mode_replay(const opts_t *o)
         die("--from must be >= 1");
     load_curve(o, &curve);
     snprintf(r.request_id, sizeof(r.request_id), "bench-%d", (int)getpid());
-    req.request_id = r.request_id;
-    req.source = (char *)(uintptr_t)o->source;
-    req.from_sequence = o->from;
-    req.to_sequence = o->to;
-    req.topic_prefix = (char *)(uintptr_t)o->prefix;
-    if (aftercare__v1__replay_request__get_packed_size(&req) > sizeof(buf))
-        die("request too large");
-    lens[1] = aftercare__v1__replay_request__pack(&req, buf);
-    data[0] = kind;
-    lens[0] = strlen(kind);
-    data[1] = buf;
     r.next = o->from;
 
     r.sock = ac_zsock_new(r.loop, AC_ZSOCK_DEALER);
@@ -782,7 +887,7 @@ static int mode_replay(const opts_t *o)
         die("cannot connect to %s", o->endpoint);
     ac_zsock_on_readable(r.sock, on_replay_readable, &r);
     r.sent_at = now_ns();
-    if (ac_zsock_send(r.sock, data, lens, 2) != 0)
+    if (replay_request(r.sock, r.request_id, o->source, o->from, o->to, o->prefix) != 0)
         die("cannot send the replay request");
     ev_timer_init(&r.tick, on_replay_tick, 0.5, 0.5);
     ev_timer_start(r.loop, &r.tick);

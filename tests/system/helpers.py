@@ -989,7 +989,7 @@ def next_sequence(stack, timeout=15):
     heartbeat reports, which may trail events published a moment earlier; tests that must
     see only their own events pass --from aftercare/intake:<this>."""
     wait_until(lambda: stack.db.scalar(
-        "SELECT count(*) FROM intake.outbox_pending") == 0, timeout,
+        "SELECT count(*) FROM intake.outbox_pending_run") == 0, timeout,
         what="earlier events to be numbered")
     return stack.db.scalar("SELECT last_seq FROM intake.outbox_state") + 1
 

@@ -232,7 +232,7 @@ def outbox_truth(stack, timeout=60):
     """Waits until intake's relay has numbered every outbox row, then returns
     {sequence: event_id} of all of them."""
     def settled():
-        n = stack.db.scalar("SELECT count(*) FROM intake.outbox_pending")
+        n = stack.db.scalar("SELECT count(*) FROM intake.outbox_pending_run")
         return n == 0
     wait_until(settled, timeout, 0.1, "the relay to number every outbox row")
     rows = stack.db.rows("SELECT sequence, event_id::text AS id FROM intake.outbox_sequenced "

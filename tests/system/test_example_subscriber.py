@@ -115,7 +115,7 @@ class Example:
 
 def last_seq(db):
     """The latest sequence numbered by intake's relay, once nothing is left unnumbered."""
-    wait_until(lambda: db.scalar("SELECT count(*) FROM intake.outbox_pending") == 0,
+    wait_until(lambda: db.scalar("SELECT count(*) FROM intake.outbox_pending_run") == 0,
                30, 0.1, "the relay to number every outbox row")
     return db.scalar("SELECT last_seq FROM intake.outbox_state")
 

@@ -167,7 +167,7 @@ def last_seq(db):
 
 
 def wait_numbered(db, timeout=30):
-    wait_until(lambda: db.scalar("SELECT count(*) FROM intake.outbox_pending") == 0,
+    wait_until(lambda: db.scalar("SELECT count(*) FROM intake.outbox_pending_run") == 0,
                timeout, 0.1, "the relay to number every outbox row")
     return last_seq(db)
 
@@ -191,17 +191,22 @@ def stats(stack, token=None):
     return r.json()
 
 
-def insert_events(db, topic, n, type_=None, source=SOURCE):
-    """Commits n outbox rows directly (as a service would), envelopes of the real shape."""
+def envelope_bytes(topic, type_=None, source=SOURCE):
+    """A packed envelope of the real shape for topic."""
     type_ = type_ or "aftercare.%s.v1" % topic
     body = envelope_pb2.Envelope(id=str(uuid.uuid4()), source=source, type=type_,
                                  subject="SV-20260101-000001", spec_version="1.0",
                                  time="2026-01-01T00:00:00Z", partition_key=str(uuid.uuid4()),
                                  correlation_id="x" * 36, ticket_version=1)
     body.ticket_created.ticket.description = "replay test " + "d" * 400
+    return body.SerializeToString()
+
+
+def insert_events(db, topic, n, type_=None, source=SOURCE):
+    """Commits n outbox rows directly (as a service would), envelopes of the real shape."""
     db.rows("INSERT INTO intake.outbox (event_id, topic, envelope) "
             "SELECT gen_random_uuid(), %s, %s FROM generate_series(1, %s)",
-            (topic, body.SerializeToString(), n))
+            (topic, envelope_bytes(topic, type_, source), n))
 
 
 # --------------------------------------------------------------------------- replay
@@ -231,6 +236,56 @@ def test_replay_equals_what_was_published(stack, sub, replayer, db):
     assert [replayed[s] for s in range(5, 13)] == ans.events
     ans = replayer().replay(from_sequence=7, to_sequence=7)
     assert ans.sequences() == [7] and ans.end.last_sequence == 7
+
+
+def test_late_commit_and_holes_in_ids_number_every_row_once(stack, sub, replayer, db):
+    """Ids are taken at INSERT and rows appear at COMMIT, and one statement may take ids with
+    holes between them: every row still gets exactly one number, in commit order, and the
+    live stream, replay and the outbox agree on it."""
+    stack.probe()
+    first = wait_numbered(db) + 1
+    mark = sub.mark()
+    late = stack.pg.connect()
+    late.autocommit = False
+    try:
+        with late.cursor() as cur:  # the lowest ids, committed last
+            cur.execute("INSERT INTO intake.outbox (event_id, topic, envelope) "
+                        "SELECT gen_random_uuid(), 'ticket.closed', %s "
+                        "FROM generate_series(1, 4)", (envelope_bytes("ticket.closed"),))
+        insert_events(db, "ticket.created", 6)
+        # 12 ids in a row, every third left out: 8 rows in 4 ranges
+        db.rows("INSERT INTO intake.outbox (id, event_id, topic, envelope) "
+                "SELECT x, gen_random_uuid(), 'ticket.updated', %s "
+                "FROM (SELECT nextval('intake.outbox_id_seq') AS x "
+                "      FROM generate_series(1, 12)) s WHERE x %% 3 <> 0",
+                (envelope_bytes("ticket.updated"),))
+        assert wait_numbered(db) == first + 13
+        late.commit()
+    finally:
+        late.close()
+    last = wait_numbered(db)
+    assert last == first + 17
+    topics = ["ticket.created"] * 6 + ["ticket.updated"] * 8 + ["ticket.closed"] * 4
+    rows = db.rows("SELECT id, topic, sequence FROM intake.outbox_sequenced "
+                   "WHERE id > (SELECT max(id) FROM intake.outbox_sequenced "
+                   "            WHERE sequence < %s) ORDER BY sequence", (first,))
+    assert [r["sequence"] for r in rows] == list(range(first, last + 1))
+    assert [r["topic"] for r in rows] == topics
+    ids = [r["id"] for r in rows]
+    # committed first, numbered first, each statement's rows in id order
+    assert ids[:14] == sorted(ids[:14]) and ids[14:] == sorted(ids[14:])
+    assert max(ids[14:]) < min(ids[:14])
+    assert len(set(ids)) == 18
+    # live: each once, in sequence order
+    live = sub.wait(lambda evs: [m for m in evs if m.env.sequence >= first]
+                    if sum(m.env.sequence >= first for m in evs) >= 18 else None,
+                    30, mark, "18 events")
+    assert [m.env.sequence for m in live] == list(range(first, last + 1))
+    assert [m.topic.decode() for m in live] == topics
+    ans = replayer().replay(from_sequence=first)
+    assert ans.sequences() == list(range(first, last + 1))
+    assert [t.decode() if isinstance(t, bytes) else t for t, _ in ans.events] == topics
+    assert ans.events == [(m.topic, m.body) for m in live]
 
 
 def test_to_sequence_beyond_latest_ends_at_latest(stack, replayer, db):
@@ -438,7 +493,7 @@ def test_pruned_range_names_the_oldest_sequence(make_stack):
         s.probe()
     wait_numbered(db)
     # published_seq is recorded ~2 s after the send, then rows older than 2 s go
-    wait_until(lambda: (db.scalar("SELECT min(sequence) FROM intake.outbox_seq") or 10 ** 9) > 1,
+    wait_until(lambda: (db.scalar("SELECT min(first_seq) FROM intake.outbox_run") or 10 ** 9) > 1,
                30, 0.2, "the prune job to delete the first rows")
     assert "outbox: pruned" in s.intake.log_text()
     c = ReplayClient(s)

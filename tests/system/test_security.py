@@ -379,7 +379,7 @@ def test_heartbeat_never_claims_more_than_the_outbox_numbered(make_stack):
     events = s.subscriber(b"ticket.")
     try:
         s.probe()
-        wait_until(lambda: s.db.scalar("SELECT count(*) FROM intake.outbox_pending") == 0,
+        wait_until(lambda: s.db.scalar("SELECT count(*) FROM intake.outbox_pending_run") == 0,
                    30, 0.1, "numbering")
         bogus = envelope("ticket.noted", helpers.SOURCE, 10 ** 9)
         pub.send(bogus)

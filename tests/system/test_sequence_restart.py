@@ -142,7 +142,7 @@ def test_bus_restart_intake_keeps_accepting(make_stack):
     after = create_batch(agent, cust["id"], 5, "after")
     sub.wait_subjects(after, timeout=30, since=mark)
     # the relay numbered and handed out everything, "during" included
-    stuck = stack.db.scalar("SELECT count(*) FROM intake.outbox_pending")
+    stuck = stack.db.scalar("SELECT count(*) FROM intake.outbox_pending_run")
     assert stuck == 0
     assert stack.db.scalar("SELECT count(*) FROM intake.tickets WHERE number = ANY(%s)",
                            (during,)) == len(during)
