@@ -4,7 +4,12 @@
  * changed, and only then (it is edge-like). So the ev_io watcher is only a wake-up; an
  * ev_prepare watcher checks ZMQ_EVENTS before the loop blocks and, while the socket still
  * has work for a registered callback, keeps an ev_idle watcher running so that the loop
- * does not sleep on a socket that will never signal again. */
+ * does not sleep on a socket that will never signal again. ZMQ_EVENTS costs two system calls
+ * (libzmq polls its mailbox and checks getpid()), so the prepare watcher asks only when
+ * the socket was used or woke up since it last asked (is_dirty): asking for every socket on
+ * every loop iteration took a quarter of intake's main thread while its relay read large
+ * results from PostgreSQL, many iterations each. Any call on the socket may consume its
+ * ZMQ_FD edge, so every function here that touches one marks it. */
 #include "ac_bus.h"
 
 #include <errno.h>
@@ -54,10 +59,16 @@ struct ac_zsock {
     void *read_arg;
     ac_zsock_fn on_write; /* one-shot */
     void *write_arg;
+    int is_dirty;             /* used or woken since the prepare watcher last checked */
     struct ac_zsock *monitor; /* owned PAIR reading this socket's events, or NULL */
     ac_zsock_event_fn on_event;
     void *event_arg;
 };
+
+static inline void touch(ac_zsock_t *s)
+{
+    s->is_dirty = 1;
+}
 
 static int zsock_events(ac_zsock_t *s)
 {
@@ -87,17 +98,24 @@ static void zsock_dispatch(ac_zsock_t *s)
 
 static void on_zsock_io(struct ev_loop *loop, ev_io *w, int revents)
 {
-    zsock_dispatch(ac_container_of(w, ac_zsock_t, io));
+    ac_zsock_t *s = ac_container_of(w, ac_zsock_t, io);
+    touch(s);
+    zsock_dispatch(s);
 }
 
 static void on_zsock_idle(struct ev_loop *loop, ev_idle *w, int revents)
 {
-    zsock_dispatch(ac_container_of(w, ac_zsock_t, idle));
+    ac_zsock_t *s = ac_container_of(w, ac_zsock_t, idle);
+    touch(s);
+    zsock_dispatch(s);
 }
 
 static void on_zsock_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     ac_zsock_t *s = ac_container_of(w, ac_zsock_t, prepare);
+    if (!s->is_dirty)
+        return; /* nothing happened to it: its idle watcher is as it should be */
+    s->is_dirty = 0;
     if (zsock_wants(s, zsock_events(s)))
         ev_idle_start(loop, &s->idle);
     else
@@ -125,6 +143,7 @@ ac_zsock_t *ac_zsock_new(struct ev_loop *loop, ac_zsock_type_t type)
     }
     s->loop = loop;
     s->type = type;
+    s->is_dirty = 1;
     s->zs = zmq_socket(ctx, zmq_types[type]);
     if (!s->zs || zmq_getsockopt(s->zs, ZMQ_FD, &fd, &fdlen) != 0) {
         ac_error("bus: zmq_socket: %s", zmq_strerror(errno));
@@ -164,6 +183,7 @@ void ac_zsock_destroy(ac_zsock_t **self_p)
 
 int ac_zsock_bind(ac_zsock_t *s, const char *endpoint)
 {
+    touch(s);
     if (zmq_bind(s->zs, endpoint) != 0) {
         ac_error("bus: bind %s: %s", endpoint, zmq_strerror(errno));
         return AC_ERR_IO;
@@ -173,6 +193,7 @@ int ac_zsock_bind(ac_zsock_t *s, const char *endpoint)
 
 int ac_zsock_connect(ac_zsock_t *s, const char *endpoint)
 {
+    touch(s);
     if (zmq_connect(s->zs, endpoint) != 0) {
         ac_error("bus: connect %s: %s", endpoint, zmq_strerror(errno));
         return AC_ERR_IO;
@@ -182,6 +203,7 @@ int ac_zsock_connect(ac_zsock_t *s, const char *endpoint)
 
 static int set_int(ac_zsock_t *s, int option, int value, const char *name)
 {
+    touch(s);
     if (zmq_setsockopt(s->zs, option, &value, sizeof(value)) != 0) {
         ac_error("bus: setsockopt %s: %s", name, zmq_strerror(errno));
         return AC_ERR_INVALID;
@@ -197,6 +219,7 @@ int ac_zsock_set_hwm(ac_zsock_t *s, int sndhwm, int rcvhwm)
 
 int ac_zsock_set_maxmsgsize(ac_zsock_t *s, int64_t bytes)
 {
+    touch(s);
     if (zmq_setsockopt(s->zs, ZMQ_MAXMSGSIZE, &bytes, sizeof(bytes)) != 0) {
         ac_error("bus: setsockopt MAXMSGSIZE: %s", zmq_strerror(errno));
         return AC_ERR_INVALID;
@@ -226,6 +249,7 @@ int ac_zsock_set_router_mandatory(ac_zsock_t *s, int on)
 
 static int set_str(ac_zsock_t *s, int option, const char *value, const char *name)
 {
+    touch(s);
     if (zmq_setsockopt(s->zs, option, value, strlen(value)) != 0) {
         ac_error("bus: setsockopt %s: %s", name, zmq_strerror(errno));
         return AC_ERR_INVALID;
@@ -266,6 +290,7 @@ int ac_zsock_set_curve_server(ac_zsock_t *s, const ac_curve_t *keys, const char 
 int ac_zsock_subscribe(ac_zsock_t *s, const char *prefix)
 {
     size_t n = strlen(prefix);
+    touch(s);
     if (s->type == AC_ZSOCK_XSUB) {
         /* an XSUB subscribes by sending "\x01<prefix>" upstream */
         uint8_t buf[256];
@@ -289,6 +314,7 @@ int ac_zsock_subscribe(ac_zsock_t *s, const char *prefix)
 
 int ac_zsock_unsubscribe(ac_zsock_t *s, const char *prefix)
 {
+    touch(s);
     if (s->type == AC_ZSOCK_XSUB)
         return AC_ERR_INVALID; /* the bus never unsubscribes upstream */
     if (zmq_setsockopt(s->zs, ZMQ_UNSUBSCRIBE, prefix, strlen(prefix)) != 0) {
@@ -300,6 +326,7 @@ int ac_zsock_unsubscribe(ac_zsock_t *s, const char *prefix)
 
 void ac_zsock_on_readable(ac_zsock_t *s, ac_zsock_fn cb, void *arg)
 {
+    touch(s);
     s->on_read = cb;
     s->read_arg = arg;
     if (cb)
@@ -308,6 +335,7 @@ void ac_zsock_on_readable(ac_zsock_t *s, ac_zsock_fn cb, void *arg)
 
 void ac_zsock_on_writable(ac_zsock_t *s, ac_zsock_fn cb, void *arg)
 {
+    touch(s);
     s->on_write = cb;
     s->write_arg = arg;
     if (cb)
@@ -326,6 +354,7 @@ int ac_zsock_recv(ac_zsock_t *s, ac_frames_t *out)
 {
     int more = 1;
     char uid_buf[sizeof(out->user_id)] = "";
+    touch(s);
     memset(out, 0, sizeof(*out));
     while (more) {
         zmq_msg_t m;
@@ -380,6 +409,7 @@ int ac_zsock_recv(ac_zsock_t *s, ac_frames_t *out)
 
 int ac_zsock_send(ac_zsock_t *s, const void *const *data, const size_t *len, size_t n)
 {
+    touch(s);
     for (size_t i = 0; i < n; i++) {
         int flags = ZMQ_DONTWAIT | (i + 1 < n ? ZMQ_SNDMORE : 0);
         if (zmq_send(s->zs, data[i], len[i], flags) < 0) {
@@ -403,6 +433,8 @@ int ac_zsock_forward(ac_zsock_t *from, ac_zsock_t *to, ac_zsock_check_fn check, 
     size_t kept = 0;
     int more = 1, rc = 0;
 
+    touch(from);
+    touch(to);
     *forwarded = 0;
     if (send_rc)
         *send_rc = 0;
@@ -500,6 +532,7 @@ int ac_zsock_monitor(ac_zsock_t *s, int events, ac_zsock_event_fn cb, void *arg)
     char endpoint[64];
     if (s->monitor)
         return AC_ERR_INVALID;
+    touch(s);
     /* a name of its own: a re-created socket is watched before the old one is closed */
     snprintf(endpoint, sizeof(endpoint), "inproc://ac-zsock-monitor-%lu", ++next_id);
     if (zmq_socket_monitor(s->zs, endpoint, events) != 0) {
