@@ -111,6 +111,9 @@ struct pg_result *ac_db_txn_result(const ac_db_txn_t *t, int i);
 const char *ac_db_txn_sqlstate(const ac_db_txn_t *t); /* "" when none */
 const char *ac_db_txn_errmsg(const ac_db_txn_t *t);   /* "" when none */
 
+/* Cell (row, col) of a result with binary results as an int8 (8 bytes, big-endian); 0 for
+ * SQL NULL or a cell of another size. */
+uint64_t ac_db_cell_int8(const struct pg_result *res, int row, int col);
 /* The rows of a result with binary results in increasing order of its int8 column col
  * (NULL counts as 0): NULL when they already are in that order (the usual case: nothing to
  * free) or when out of memory (*err is AC_ERR_NOMEM then); otherwise the row numbers in

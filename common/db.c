@@ -1261,8 +1261,7 @@ const char *ac_db_txn_errmsg(const ac_db_txn_t *t)
 
 /* --- parameters ------------------------------------------------------------------------ */
 
-/* An int8 cell of a binary result; 0 for NULL or anything else. */
-static uint64_t cell_int8(const PGresult *res, int row, int col)
+uint64_t ac_db_cell_int8(const struct pg_result *res, int row, int col)
 {
     const unsigned char *p = (const unsigned char *)PQgetvalue(res, row, col);
     uint64_t v = 0;
@@ -1291,7 +1290,8 @@ int *ac_db_result_order(const struct pg_result *res, int col, int *err)
     int *order;
 
     *err = 0;
-    while (r < rows && (int64_t)cell_int8(res, r, col) >= (int64_t)cell_int8(res, r - 1, col))
+    while (r < rows &&
+           (int64_t)ac_db_cell_int8(res, r, col) >= (int64_t)ac_db_cell_int8(res, r - 1, col))
         r++;
     if (r >= rows)
         return NULL;
@@ -1304,7 +1304,7 @@ int *ac_db_result_order(const struct pg_result *res, int col, int *err)
         return NULL;
     }
     for (r = 0; r < rows; r++)
-        keys[r] = (row_key_t){(int64_t)cell_int8(res, r, col), r};
+        keys[r] = (row_key_t){(int64_t)ac_db_cell_int8(res, r, col), r};
     qsort(keys, (size_t)rows, sizeof(*keys), row_key_cmp);
     for (r = 0; r < rows; r++)
         order[r] = keys[r].row;

@@ -397,15 +397,6 @@ static void pending_clear(ac_outbox_t *self)
     self->npending = self->next = 0;
 }
 
-static uint64_t row_sequence(const PGresult *res, int row)
-{
-    const uint8_t *be = (const uint8_t *)PQgetvalue(res, row, 0);
-    uint64_t seq = 0;
-    for (int i = 0; i < 8; i++)
-        seq = seq << 8 | be[i];
-    return seq;
-}
-
 /* Copies the rows (sequence, topic, envelope; binary results, in any order) of res into
  * self->pending in sequence order, the envelopes with their sequence appended, all in one
  * arena as bus batch records. */
@@ -434,7 +425,7 @@ static int pending_load(ac_outbox_t *self, PGresult *res)
         int r = order ? order[i] : i;
         pending_event_t *ev = &self->pending[self->npending];
         size_t tlen = (size_t)PQgetlength(res, r, 1);
-        uint64_t seq = row_sequence(res, r);
+        uint64_t seq = ac_db_cell_int8(res, r, 0);
         uint8_t *rec = self->arena + at, *envelope = rec + 1 + tlen + 4;
         ev->sequence = seq;
         ev->record = rec;

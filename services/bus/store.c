@@ -168,15 +168,10 @@ static uint64_t text_u64(const PGresult *res, int row, int col)
     return strtoull(PQgetvalue(res, row, col), NULL, 10);
 }
 
-/* A binary int8 (8 bytes, big-endian); 0 for NULL or a negative value. */
+/* A binary int8; 0 for NULL or a negative value. */
 static uint64_t bin_u64(const PGresult *res, int row, int col)
 {
-    const unsigned char *p = (const unsigned char *)PQgetvalue(res, row, col);
-    uint64_t v = 0;
-    if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 8)
-        return 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
+    uint64_t v = ac_db_cell_int8(res, row, col);
     return (int64_t)v < 0 ? 0 : v;
 }
 

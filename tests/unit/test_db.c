@@ -20,6 +20,7 @@
 
 #include "ac_db.h"
 #include "ac_log.h"
+#include "pg_scratch.h"
 
 #define SCHEMA     "ac_test_db"
 #define MIG_SCHEMA "ac_test_db_mig"
@@ -34,32 +35,6 @@ static const ac_db_stmt_t test_stmts[] = {
 };
 
 /* --- helpers --------------------------------------------------------------------------- */
-
-static const char *test_dsn(void)
-{
-    const char *dsn = getenv("AC_TEST_PG_DSN");
-    if (!dsn || !*dsn)
-        fail_msg("AC_TEST_PG_DSN is not set: these tests need a scratch PostgreSQL");
-    return dsn;
-}
-
-static PGconn *pg_open(void)
-{
-    PGconn *pg = PQconnectdb(test_dsn());
-    if (PQstatus(pg) != CONNECTION_OK)
-        fail_msg("cannot connect: %s", PQerrorMessage(pg));
-    PQclear(PQexec(pg, "SET client_min_messages = warning"));
-    return pg;
-}
-
-static void pg_exec(PGconn *pg, const char *sql)
-{
-    PGresult *r = PQexec(pg, sql);
-    ExecStatusType st = PQresultStatus(r);
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQerrorMessage(pg));
-    PQclear(r);
-}
 
 /* First column of the first row as a number (-1 for SQL NULL). */
 static long pg_long(PGconn *pg, const char *sql)

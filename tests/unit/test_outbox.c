@@ -17,34 +17,9 @@
 #include <libpq-fe.h>
 
 #include "ac_outbox.h"
+#include "pg_scratch.h"
 
 #define SCHEMA "ac_test_outbox"
-
-static const char *test_dsn(void)
-{
-    const char *dsn = getenv("AC_TEST_PG_DSN");
-    if (!dsn || !*dsn)
-        fail_msg("AC_TEST_PG_DSN is not set: these tests need a scratch PostgreSQL");
-    return dsn;
-}
-
-static PGconn *pg_open(void)
-{
-    PGconn *pg = PQconnectdb(test_dsn());
-    if (PQstatus(pg) != CONNECTION_OK)
-        fail_msg("cannot connect: %s", PQerrorMessage(pg));
-    PQclear(PQexec(pg, "SET client_min_messages = warning"));
-    return pg;
-}
-
-static void pg_exec(PGconn *pg, const char *sql)
-{
-    PGresult *r = PQexec(pg, sql);
-    ExecStatusType st = PQresultStatus(r);
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQerrorMessage(pg));
-    PQclear(r);
-}
 
 /* The rows of a query as text: fields separated by ',', rows by ' ' (NULL as "-"). */
 static void pg_text(PGconn *pg, const char *sql, char *out, size_t size)
