@@ -152,7 +152,8 @@ static const char OUTBOX_V2[] = "DO $g$ BEGIN"
  *   and prune join it to the outbox by id;
  * - outbox_sequenced (a view) shows the outbox with its sequences, NULL while unnumbered,
  *   for administrators and tests.
- * Rows numbered or pending before this migration keep their place. */
+ * Rows numbered or pending before this migration keep their place. (Migration 005 replaced
+ * both tables with runs of ids.) */
 static const char OUTBOX_V3[] =
     "CREATE TABLE %1$s.outbox_pending (id bigint PRIMARY KEY);"
     "CREATE TABLE %1$s.outbox_seq (sequence bigint PRIMARY KEY CHECK (sequence > 0),"
