@@ -1259,7 +1259,7 @@ const char *ac_db_txn_errmsg(const ac_db_txn_t *t)
     return t && t->errmsg ? t->errmsg : "";
 }
 
-/* --- parameters ------------------------------------------------------------------------ */
+/* --- binary results ------------------------------------------------------------------- */
 
 uint64_t ac_db_cell_int8(const struct pg_result *res, int row, int col)
 {
@@ -1311,6 +1311,8 @@ int *ac_db_result_order(const struct pg_result *res, int col, int *err)
     free(keys);
     return order;
 }
+
+/* --- parameters ------------------------------------------------------------------------ */
 
 char *ac_db_array_literal(const char *const *values, size_t n)
 {
