@@ -222,6 +222,11 @@ typedef struct ac_bus_sub_config {
 ac_bus_sub_t *ac_bus_sub_new(struct ev_loop *loop, const ac_bus_sub_config_t *cfg);
 void ac_bus_sub_destroy(ac_bus_sub_t **self_p);
 
+/* The number of ZeroMQ I/O threads of the process-wide context (default 1): where CURVE
+ * encrypts and decrypts, and where each connection's frames are read and written. Only
+ * before the first socket of the process; AC_ERR_INVALID afterwards or for n < 1. */
+int ac_bus_set_io_threads(int n);
+
 /* Ends the process-wide context (after every socket is destroyed). */
 void ac_bus_shutdown(void);
 

@@ -38,6 +38,16 @@ static void *ctx_get(void)
     return bus_ctx;
 }
 
+int ac_bus_set_io_threads(int n)
+{
+    if (n < 1 || bus_ctx) /* (the context takes it only before its first socket) */
+        return AC_ERR_INVALID;
+    void *ctx = ctx_get();
+    if (!ctx)
+        return AC_ERR_NOMEM;
+    return zmq_ctx_set(ctx, ZMQ_IO_THREADS, n) == 0 ? 0 : AC_ERR_INVALID;
+}
+
 void ac_bus_shutdown(void)
 {
     if (bus_ctx) {

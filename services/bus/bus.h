@@ -36,6 +36,7 @@ typedef struct bus_config {
     char *input_bind;      /* AC_BUS_INPUT_BIND */
     char *output_bind;     /* AC_BUS_OUTPUT_BIND */
     long hwm;              /* AC_BUS_HWM: per-subscriber queue, in messages */
+    long io_threads;       /* AC_BUS_IO_THREADS: ZeroMQ I/O threads (CURVE runs there) */
     long max_msg;          /* AC_BUS_MAX_MSG: bytes; larger messages are refused */
     char *secret_key_file; /* AC_BUS_SECRET_KEY_FILE: the bus's CURVE key pair */
     char *sources;         /* AC_BUS_SOURCES: "source=schema,..." (sources.c parses it) */

@@ -21,6 +21,8 @@ static const ac_cfg_key_t bus_config_keys[] = {
      "tcp://127.0.0.1:5571", 0, 0, "where subscribers connect (XPUB)"},
     {"AC_BUS_HWM", AC_CFG_INT, offsetof(bus_config_t, hwm), "100000", 100, 10000000,
      "messages queued per subscriber before it misses some"},
+    {"AC_BUS_IO_THREADS", AC_CFG_INT, offsetof(bus_config_t, io_threads), "2", 1, 64,
+     "ZeroMQ I/O threads (CURVE runs there): the input and the output each get one of two"},
     {"AC_BUS_MAX_MSG", AC_CFG_INT, offsetof(bus_config_t, max_msg), "1048576", 1024, 67108864,
      "largest accepted message in bytes"},
     {"AC_BUS_DB", AC_CFG_STRING, offsetof(bus_config_t, db), NULL, 0, 0,
@@ -120,6 +122,14 @@ int main(void)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* (before the first socket: the input and the output each encrypt on a thread of
+     * their own, instead of sharing one with every subscriber's and publisher's CURVE) */
+    if (ac_bus_set_io_threads((int)cfg.io_threads) != 0) {
+        fprintf(stderr, "aftercare-bus: cannot set %ld ZeroMQ I/O threads\n", cfg.io_threads);
+        bus_sources_destroy(&sources);
+        ac_config_free(&cfg, bus_config_keys);
+        return 2;
+    }
 
     if ((rc = bus_setup(&bus, loop, &cfg)) != 0 || (rc = history_setup(&bus, &sources)) != 0) {
         ac_error("cannot start the bus");
