@@ -119,6 +119,9 @@ typedef struct ac_consumer_config {
      * statement; non-zero: the batch is retried later, as for a handler's error) */
     void (*on_batch_begin)(void *arg);
     int (*on_batch_end)(struct ac_db_txn *txn, void *arg);
+    /* optional: the transaction's COMMIT came back (err 0: committed; otherwise it failed
+     * or its outcome is unknown, and its events will be applied again) */
+    void (*on_batch_done)(int err, void *arg);
     /* 1: the transactions commit without waiting for their WAL to reach the disk. For a
      * service whose handlers' effects reach the outside only through its outbox relay,
      * whose numbering commit is synchronous: PostgreSQL's WAL is written in order, so that

@@ -572,6 +572,8 @@ static void on_batch_done(ac_db_txn_t *txn, int err, void *arg)
     const char *state = ac_db_txn_sqlstate(txn);
 
     c->txn = NULL;
+    if (c->cfg->on_batch_done)
+        c->cfg->on_batch_done(err, c->cfg->arg);
     if (err == 0) {
         size_t applied = 0, dead = 0;
         for (size_t i = 0; i < c->nbatch; i++) {

@@ -60,6 +60,8 @@
 #define RETRY_S         1.0    /* a failed firing is retried this much later */
 #define LATENESS_RING   16384  /* recent firings kept for the lateness gauges */
 #define US_PER_S        INT64_C(1000000)
+#define POOL_LOW        192 /* clock ids reserved ahead for proposals: refill below this */
+#define POOL_CHUNK      512 /* ... this many at a time */
 
 static const char *const TARGETS[] = {"first_response", "arrival", "resolution", NULL};
 static const char *const PRIORITIES[] = {"P1", "P2", "P3", "P4", NULL};
@@ -72,6 +74,27 @@ typedef struct sla_cal {
     int64_t version;          /* the row's version it was parsed from */
     dispatch_calendar_t *cal; /* owned */
 } sla_cal_t;
+
+/* What one clock's computation needs from its policy. */
+typedef struct clock_rule {
+    const dispatch_calendar_t *cal;
+    bool is_business;
+    int64_t target_s; /* 0: the policy has no such target */
+    int64_t grace_s;
+    double fr[DISPATCH_SLA_MAX_FRACTIONS];
+    size_t nfr;
+} clock_rule_t;
+
+/* An active policy as the consumer's proposals use it (dispatch.sla_policy_cache()). */
+typedef struct sla_pol {
+    char id[40];
+    int64_t version;
+    char priority[4], tier[16], category[24]; /* "": any */
+    int64_t target_s[3];                      /* TARGETS' order; 0: none */
+    clock_rule_t rule;                        /* is_business, grace_s, fractions */
+    char cal_id[40];                          /* its calendar, at cal_version */
+    int64_t cal_version;
+} sla_pol_t;
 
 typedef struct dispatch_sla {
     dispatch_t *svc;           /* borrowed: the service */
@@ -106,6 +129,16 @@ typedef struct dispatch_sla {
     /* lateness of the recent firings (commit time - due time), microseconds */
     int64_t lateness_us[LATENESS_RING];
     uint64_t n_lateness; /* firings recorded in all */
+    /* new tickets' clocks computed by the consumer (see "clocks at apply") */
+    sla_pol_t *pols; /* owned: the active policies, most specific first */
+    size_t n_pols;
+    int is_pols_valid, is_pols_loading;
+    double pols_loaded_at; /* ev_now() */
+    int64_t *pool;         /* owned: clock ids reserved for proposals (dispatch.sla_reserve_ids) */
+    size_t n_pool;
+    int is_reserving;
+    dispatch_deadline_t *proposed; /* owned: the proposals' clocks, armed after the batch */
+    size_t n_proposed, cap_proposed;
 } dispatch_sla_t;
 
 typedef struct fire_batch {
@@ -119,6 +152,10 @@ static void compute_kick(dispatch_sla_t *sla);
 static void compute_soon(dispatch_sla_t *sla);
 static void fire_pump(dispatch_sla_t *sla);
 static void load_start(dispatch_sla_t *sla);
+static void pols_kick(dispatch_sla_t *sla);
+static void proposed_arm(dispatch_sla_t *sla);
+static void reserve_kick(dispatch_sla_t *sla);
+static int proposed_add(dispatch_sla_t *sla, const dispatch_deadline_t *d, size_t n);
 
 static const char *tzdir(const dispatch_t *svc)
 {
@@ -145,6 +182,9 @@ static void sla_free(dispatch_sla_t *sla)
     free(sla->cals);
     free(sla->page);
     free(sla->due);
+    free(sla->pols);
+    free(sla->pool);
+    free(sla->proposed);
     free(sla);
 }
 
@@ -277,6 +317,36 @@ static json_int_t target_s_of(const json_t *pol, const json_t *clock)
                   : 0;
 }
 
+/* The levels of a clock of `rule` that started at started_us, with the pauses of `tm`
+ * (is_resolution: the resolution clock's pauses), elapsed and paused time at until_us. */
+static int clock_plan(const clock_rule_t *rule, ticket_marks_t *tm, int64_t started_us,
+                      bool is_resolution, bool is_urgent, int64_t until_us, clock_calc_t *out)
+{
+    int rc;
+    memset(out, 0, sizeof *out);
+    dispatch_sla_clock_t c = {
+        .cal = rule->cal,
+        .is_business = rule->is_business,
+        .started_at_us = started_us,
+    };
+    c.n_pauses = dispatch_sla_pauses(tm->m, tm->n, c.started_at_us, is_resolution, tm->spans);
+    c.pauses = tm->spans;
+    if (rule->target_s > 0) { /* none: the policy has no such target (the clock is cancelled) */
+        dispatch_sla_targets_t t = {
+            .target_s = rule->target_s,
+            .grace_s = rule->grace_s,
+            .fractions = rule->fr,
+            .n_fractions = rule->nfr,
+        };
+        if ((rc = dispatch_sla_plan(&c, &t, is_urgent, out->lv, &out->n_lv)) < 0)
+            return rc;
+        for (size_t i = 0; i < out->n_lv; i++)
+            if (out->lv[i].level == DISPATCH_SLA_BREACH)
+                out->due_us = out->lv[i].due_us;
+    }
+    return dispatch_sla_elapsed(&c, until_us, &out->elapsed_us, &out->paused_us);
+}
+
 /* clock: one element of a ticket's "clocks" in dispatch.sla_state(); state: the body it
  * came in, with the "policies" and "calendars" it refers to. */
 static int clock_compute(dispatch_sla_t *sla, const json_t *state, ticket_marks_t *tm,
@@ -287,47 +357,25 @@ static int clock_compute(dispatch_sla_t *sla, const json_t *state, ticket_marks_
     const json_t *jfr = json_object_get(pol, "fractions");
     const char *target = json_string_value(json_object_get(clock, "target"));
     const json_t *stopped = json_object_get(clock, "stopped_at_us");
-    double fr[DISPATCH_SLA_MAX_FRACTIONS];
-    size_t nfr = 0, i;
+    clock_rule_t rule = {0};
+    size_t i;
     const json_t *f;
-    int rc;
 
     memset(out, 0, sizeof *out);
-    const dispatch_calendar_t *cal =
-        calendar_for(sla, calendars, json_string_value(json_object_get(pol, "calendar_id")));
-    if (!pol || !cal || !target)
+    rule.cal = calendar_for(sla, calendars, json_string_value(json_object_get(pol, "calendar_id")));
+    if (!pol || !rule.cal || !target)
         return AC_ERR_INVALID;
     json_array_foreach(jfr, i, f)
     {
-        if (nfr < DISPATCH_SLA_MAX_FRACTIONS)
-            fr[nfr++] = json_number_value(f);
+        if (rule.nfr < DISPATCH_SLA_MAX_FRACTIONS)
+            rule.fr[rule.nfr++] = json_number_value(f);
     }
-
-    dispatch_sla_clock_t c = {
-        .cal = cal,
-        .is_business = json_is_true(json_object_get(pol, "business_time")),
-        .started_at_us = json_integer_value(json_object_get(clock, "started_at_us")),
-    };
-    c.n_pauses = dispatch_sla_pauses(tm->m, tm->n, c.started_at_us,
-                                     strcmp(target, "resolution") == 0, tm->spans);
-    c.pauses = tm->spans;
-
-    json_int_t target_s = target_s_of(pol, clock);
-    if (target_s > 0) { /* none: the policy has no such target (the clock is cancelled) */
-        dispatch_sla_targets_t t = {
-            .target_s = target_s,
-            .grace_s = json_integer_value(json_object_get(pol, "grace_s")),
-            .fractions = fr,
-            .n_fractions = nfr,
-        };
-        if ((rc = dispatch_sla_plan(&c, &t, is_urgent, out->lv, &out->n_lv)) < 0)
-            return rc;
-        for (i = 0; i < out->n_lv; i++)
-            if (out->lv[i].level == DISPATCH_SLA_BREACH)
-                out->due_us = out->lv[i].due_us;
-    }
-    int64_t until = json_is_integer(stopped) ? json_integer_value(stopped) : at_us;
-    return dispatch_sla_elapsed(&c, until, &out->elapsed_us, &out->paused_us);
+    rule.is_business = json_is_true(json_object_get(pol, "business_time"));
+    rule.target_s = target_s_of(pol, clock);
+    rule.grace_s = json_integer_value(json_object_get(pol, "grace_s"));
+    return clock_plan(&rule, tm, json_integer_value(json_object_get(clock, "started_at_us")),
+                      strcmp(target, "resolution") == 0, is_urgent,
+                      json_is_integer(stopped) ? json_integer_value(stopped) : at_us, out);
 }
 
 static json_t *json_time(int64_t us)
@@ -472,6 +520,9 @@ static void load_done(dispatch_sla_t *sla)
             dispatch_deadlines_memory_bytes(sla->set) / 1024);
     sync_kick(sla); /* what changed during the load */
     compute_kick(sla);
+    pols_kick(sla);
+    reserve_kick(sla);
+    proposed_arm(sla); /* (what the load read is armed already: arming again replaces) */
 }
 
 /* --- sync: the change queue -> the set ------------------------------------------------------ */
@@ -710,6 +761,294 @@ static void compute_kick(dispatch_sla_t *sla)
         sla->is_compute_again = 1;
 }
 
+/* --- clocks at apply: a new ticket's clocks computed by the consumer --------------------- */
+
+/* The consumer's transaction inserts a new ticket's clocks computed (migration 019) when
+ * it brings a proposal that still holds: this module keeps the active policies (reloaded
+ * every SWEEP_S, and at the next tick after a policy or calendar changes through the API)
+ * and a pool of clock ids, and computes the proposal exactly as the engine would compute
+ * the dirty clocks (one status in the history, no old levels). When the consumer's
+ * transaction is over, committed or not, the proposed clocks are armed: one that was not
+ * inserted (a rolled-back batch, a stale policy, a ticket dispatch knew already) arms
+ * nothing that can fire, since dispatch.sla_fire() finds no clock at that id and version;
+ * and its id is never used again. Until the deadlines are loaded, and while the policies
+ * are not known or the pool is empty, there is no proposal: the clocks are inserted dirty,
+ * as before, and the engine computes them. */
+
+static int pol_specificity(const sla_pol_t *p)
+{
+    return (p->priority[0] != '\0') + (p->tier[0] != '\0') + (p->category[0] != '\0');
+}
+
+/* dispatch.sla_policy_for()'s order: the most specific first; among as specific ones,
+ * those naming a priority, then a tier, then a category (and then by id: a tie the
+ * database may break otherwise makes the proposal fail its check, nothing worse) */
+static int pol_cmp(const void *a, const void *b)
+{
+    const sla_pol_t *x = a, *y = b;
+    int d = pol_specificity(y) - pol_specificity(x);
+    if (d)
+        return d;
+    if (!x->priority[0] != !y->priority[0])
+        return x->priority[0] ? -1 : 1;
+    if (!x->tier[0] != !y->tier[0])
+        return x->tier[0] ? -1 : 1;
+    if (!x->category[0] != !y->category[0])
+        return x->category[0] ? -1 : 1;
+    return strcmp(x->id, y->id);
+}
+
+static void copy_str(char *dst, size_t len, const json_t *v)
+{
+    snprintf(dst, len, "%s", json_is_string(v) ? json_string_value(v) : "");
+}
+
+static void on_pols(void *arg, int err, const json_t *result)
+{
+    dispatch_sla_t *sla = arg;
+    const json_t *body = json_object_get(result, "body");
+    const json_t *list = json_object_get(body, "policies");
+    const json_t *calendars = json_object_get(body, "calendars");
+    const json_t *p, *f;
+    size_t i, k;
+
+    if (sla_returned(sla))
+        return;
+    sla->is_pols_loading = 0;
+    if (err < 0 || !json_is_array(list)) {
+        ac_warn("sla: reading the policies failed (%s); new tickets' clocks are computed by "
+                "the engine until they are read",
+                err < 0 ? ac_strerror(err) : "no body");
+        return; /* the tick tries again */
+    }
+    size_t cap = json_array_size(list) ? json_array_size(list) : 1;
+    sla_pol_t *pols = calloc(cap, sizeof *pols);
+    if (!pols)
+        return; /* the tick tries again */
+    size_t n = 0;
+    json_array_foreach(list, i, p)
+    {
+        sla_pol_t *x = &pols[n];
+        memset(x, 0, sizeof *x);
+        const json_t *targets = json_object_get(p, "targets");
+        const char *cal_id = json_string_value(json_object_get(p, "calendar_id"));
+        copy_str(x->id, sizeof x->id, json_object_get(p, "id"));
+        copy_str(x->priority, sizeof x->priority, json_object_get(p, "priority"));
+        copy_str(x->tier, sizeof x->tier, json_object_get(p, "customer_tier"));
+        copy_str(x->category, sizeof x->category, json_object_get(p, "category"));
+        x->version = json_integer_value(json_object_get(p, "version"));
+        for (k = 0; k < 3; k++)
+            x->target_s[k] = json_integer_value(json_object_get(targets, TARGETS[k]));
+        x->rule.is_business = json_is_true(json_object_get(p, "business_time"));
+        x->rule.grace_s = json_integer_value(json_object_get(p, "grace_s"));
+        json_array_foreach(json_object_get(p, "fractions"), k, f)
+        {
+            if (x->rule.nfr < DISPATCH_SLA_MAX_FRACTIONS)
+                x->rule.fr[x->rule.nfr++] = json_number_value(f);
+        }
+        /* parsed (and kept by id and version) now; found again at each proposal, since
+         * the engine replaces a calendar it meets at a newer version */
+        if (!cal_id || !calendar_for(sla, calendars, cal_id))
+            continue; /* logged: tickets of this policy get dirty clocks */
+        snprintf(x->cal_id, sizeof x->cal_id, "%s", cal_id);
+        x->cal_version =
+            json_integer_value(json_object_get(json_object_get(calendars, cal_id), "version"));
+        n++;
+    }
+    if (n > 1)
+        qsort(pols, n, sizeof *pols, pol_cmp);
+    free(sla->pols);
+    sla->pols = pols;
+    sla->n_pols = n;
+    sla->is_pols_valid = 1;
+    sla->pols_loaded_at = ev_now(sla->svc->loop);
+}
+
+static void pols_kick(dispatch_sla_t *sla)
+{
+    if (!sla->is_loaded || sla->is_pols_loading)
+        return;
+    if (sla_call(sla, DISPATCH_STMT_SLA_POLICY_CACHE, NULL, on_pols, sla) == 0)
+        sla->is_pols_loading = 1;
+}
+
+static bool is_running_status(const char *s)
+{
+    static const char *const not_running[] = {"needs_info", "waiting_customer", "waiting_external",
+                                              "resolved",   "closed",           "cancelled"};
+    if (!s || !s[0])
+        return false;
+    for (size_t i = 0; i < AC_ARRAY_LEN(not_running); i++)
+        if (strcmp(s, not_running[i]) == 0)
+            return false;
+    return true;
+}
+
+static bool selects(const char *want, const char *have)
+{
+    return !want[0] || (have && strcmp(want, have) == 0);
+}
+
+char *dispatch_sla_propose(dispatch_t *self, const char *number, const char *priority,
+                           const char *tier, const char *category, const char *status,
+                           const char *opened_at, const char *updated_at)
+{
+    dispatch_sla_t *sla = self->sla;
+    const sla_pol_t *p = NULL;
+    const dispatch_calendar_t *cal = NULL;
+    int64_t opened_us, updated_us;
+    size_t i;
+
+    if (!sla || !sla->is_loaded || !sla->is_pols_valid || !is_running_status(status) ||
+        !opened_at || !updated_at || ac_time_parse_rfc3339(opened_at, &opened_us) < 0 ||
+        ac_time_parse_rfc3339(updated_at, &updated_us) < 0)
+        return NULL;
+    for (i = 0; i < sla->n_pols && !p; i++)
+        if (selects(sla->pols[i].priority, priority) && selects(sla->pols[i].tier, tier) &&
+            selects(sla->pols[i].category, category))
+            p = &sla->pols[i];
+    if (!p)
+        return NULL; /* no policy: the insert says so */
+    for (i = 0; i < sla->n_cals && !cal; i++)
+        if (strcmp(sla->cals[i].id, p->cal_id) == 0 && sla->cals[i].version == p->cal_version)
+            cal = sla->cals[i].cal;
+    if (!cal) { /* the calendar changed since: read the policies again */
+        sla->is_pols_valid = 0;
+        return NULL;
+    }
+
+    size_t need = 0;
+    for (int k = 0; k < 3; k++)
+        need += p->target_s[k] > 0;
+    if (sla->n_pool < need) {
+        reserve_kick(sla);
+        return NULL;
+    }
+    reserve_kick(sla); /* (when the pool runs low) */
+
+    dispatch_deadline_t arms[3];
+    size_t n_arms = 0;
+    dispatch_sla_mark_t mark = {.at_us = updated_us, .phase = 0};
+    dispatch_sla_span_t span;
+    ticket_marks_t tm = {.m = &mark, .spans = &span, .n = 1};
+    bool is_urgent = priority && strcmp(priority, "P1") == 0;
+    json_t *clocks = json_object(), *doc = NULL, *none = json_array();
+    char *text = NULL;
+    if (!clocks || !none)
+        goto done;
+    for (int k = 0; k < 3; k++) {
+        clock_rule_t rule = p->rule;
+        clock_calc_t cc;
+        int64_t next_us;
+        if (p->target_s[k] <= 0)
+            continue;
+        rule.cal = cal;
+        rule.target_s = p->target_s[k];
+        if (clock_plan(&rule, &tm, opened_us, k == 2, is_urgent, opened_us, &cc) < 0)
+            goto done; /* the engine will say why */
+        int64_t id = sla->pool[--sla->n_pool];
+        json_t *lv =
+            dispatch_sla_levels_merge(id, none, cc.lv, cc.n_lv, true, &next_us, number, TARGETS[k]);
+        json_t *c = lv ? json_pack("{s:I, s:o, s:o, s:o}", "id", (json_int_t)id, "due_us",
+                                   cc.due_us ? json_us(cc.due_us) : json_null(), "next_us",
+                                   json_us(next_us), "levels", lv)
+                       : NULL;
+        if (!c || json_object_set_new(clocks, TARGETS[k], c) < 0)
+            goto done;
+        if (next_us != DISPATCH_SLA_NEVER)
+            arms[n_arms++] =
+                (dispatch_deadline_t){.id = (uint64_t)id, .due_at_us = next_us, .version = 1};
+    }
+    doc = json_pack("{s:s, s:I, s:I, s:O}", "policy_id", p->id, "policy_version",
+                    (json_int_t)p->version, "calendar_version", (json_int_t)p->cal_version,
+                    "clocks", clocks);
+    if (doc)
+        text = json_dumps(doc, JSON_COMPACT);
+    if (text && proposed_add(sla, arms, n_arms) < 0) {
+        free(text); /* cannot remember to arm them: no proposal */
+        text = NULL;
+    }
+done:
+    json_decref(doc);
+    json_decref(clocks);
+    json_decref(none);
+    return text;
+}
+
+static void on_reserved(void *arg, int err, const json_t *result)
+{
+    dispatch_sla_t *sla = arg;
+    const json_t *ids = json_object_get(json_object_get(result, "body"), "ids"), *v;
+    size_t i;
+    if (sla_returned(sla))
+        return;
+    sla->is_reserving = 0;
+    if (err < 0 || !json_is_array(ids)) {
+        ac_warn("sla: reserving clock ids failed (%s); new tickets' clocks are computed by the "
+                "engine meanwhile",
+                err < 0 ? ac_strerror(err) : "no body");
+        return;
+    }
+    int64_t *pool = realloc(sla->pool, (sla->n_pool + json_array_size(ids)) * sizeof *pool);
+    if (!pool)
+        return;
+    sla->pool = pool;
+    json_array_foreach(ids, i, v)
+    {
+        if (json_is_integer(v))
+            sla->pool[sla->n_pool++] = json_integer_value(v);
+    }
+}
+
+static void reserve_kick(dispatch_sla_t *sla)
+{
+    char n[16];
+    if (!sla->is_loaded || sla->is_reserving || sla->n_pool >= POOL_LOW)
+        return;
+    snprintf(n, sizeof n, "%d", POOL_CHUNK);
+    if (sla_call(sla, DISPATCH_STMT_SLA_RESERVE_IDS, (const char *[]){n}, on_reserved, sla) == 0)
+        sla->is_reserving = 1;
+}
+
+static int proposed_add(dispatch_sla_t *sla, const dispatch_deadline_t *d, size_t n)
+{
+    if (sla->n_proposed + n > sla->cap_proposed) {
+        size_t cap = sla->cap_proposed ? 2 * sla->cap_proposed : 256;
+        while (cap < sla->n_proposed + n)
+            cap *= 2;
+        dispatch_deadline_t *grown = realloc(sla->proposed, cap * sizeof *grown);
+        if (!grown)
+            return AC_ERR_NOMEM;
+        sla->proposed = grown;
+        sla->cap_proposed = cap;
+    }
+    memcpy(sla->proposed + sla->n_proposed, d, n * sizeof *d);
+    sla->n_proposed += n;
+    return 0;
+}
+
+/* Arms the clocks proposed so far (kept until the deadlines are loaded). */
+static void proposed_arm(dispatch_sla_t *sla)
+{
+    if (!sla->is_loaded)
+        return;
+    for (size_t i = 0; i < sla->n_proposed; i++)
+        arm(sla, sla->proposed[i].id, sla->proposed[i].due_at_us, sla->proposed[i].version);
+    sla->n_proposed = 0;
+}
+
+void dispatch_sla_batch_done(dispatch_t *self)
+{
+    if (self->sla)
+        proposed_arm(self->sla);
+}
+
+void dispatch_sla_policies_changed(dispatch_t *self)
+{
+    if (self->sla)
+        self->sla->is_pols_valid = 0; /* read again at the next tick */
+}
+
 /* --- fire --------------------------------------------------------------------------------- */
 
 /* Puts a batch back into the set, due RETRY_S from now. */
@@ -908,6 +1247,8 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
         load_start(sla);
         return;
     }
+    if (!sla->is_pols_valid || ev_now(loop) - sla->pols_loaded_at >= SWEEP_S)
+        pols_kick(sla);
     if (ev_now(loop) - sla->last_sweep >= SWEEP_S) {
         sla->last_sweep = ev_now(loop);
         sync_kick(sla);
@@ -1323,6 +1664,7 @@ static void http_sql_doc(dispatch_t *self, ac_http_req_t *req, int stmt, const c
     else
         dispatch_http_sql(self, req, 1, stmt, (const char *[]){text, last});
     free(text);
+    dispatch_sla_policies_changed(self); /* (a policy or a calendar) */
 }
 
 static void on_policy_create(ac_http_req_t *req, void *arg)

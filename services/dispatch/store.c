@@ -44,7 +44,7 @@ static const char SQL_ENGINEER_LIST[] =
 static const char SQL_TICKETS_APPLY[] =
     "SELECT dispatch.tickets_apply($1::uuid[], $2::text[], $3::bigint[], $4::text[], "
     "$5::text[], $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], $11::boolean[], "
-    "$12::timestamptz[], $13::timestamptz[])";
+    "$12::timestamptz[], $13::timestamptz[], $14::jsonb[])";
 
 static const char SQL_TICKET_GET[] = "SELECT dispatch.ticket_get($1::text)";
 
@@ -101,6 +101,8 @@ static const char SQL_SLA_CHANGES[] = "SELECT dispatch.sla_changes_take($1::int)
 static const char SQL_SLA_DIRTY[] = "SELECT dispatch.sla_dirty($1::int)";
 static const char SQL_SLA_SAVE[] = "SELECT dispatch.sla_save($1::jsonb)";
 static const char SQL_SLA_FIRE[] = "SELECT dispatch.sla_fire($1::bigint[], $2::int[])";
+static const char SQL_SLA_POLICY_CACHE[] = "SELECT dispatch.sla_policy_cache()";
+static const char SQL_SLA_RESERVE_IDS[] = "SELECT dispatch.sla_reserve_ids($1::int)";
 static const char SQL_SLA_VIEW[] = "SELECT dispatch.sla_view($1::text)";
 static const char SQL_SLA_CALENDAR_CREATE[] =
     "SELECT dispatch.sla_calendar_create($1::text, $2::jsonb)";
@@ -221,6 +223,8 @@ const ac_db_stmt_t dispatch_stmts[DISPATCH_STMT__COUNT] = {
     [DISPATCH_STMT_SLA_SAVE] = {SQL_SLA_SAVE, 1},
     [DISPATCH_STMT_SLA_FIRE] = {SQL_SLA_FIRE, 2},
     [DISPATCH_STMT_SLA_VIEW] = {SQL_SLA_VIEW, 1},
+    [DISPATCH_STMT_SLA_POLICY_CACHE] = {SQL_SLA_POLICY_CACHE, 0},
+    [DISPATCH_STMT_SLA_RESERVE_IDS] = {SQL_SLA_RESERVE_IDS, 1},
     [DISPATCH_STMT_SLA_CALENDAR_CREATE] = {SQL_SLA_CALENDAR_CREATE, 2},
     [DISPATCH_STMT_SLA_CALENDAR_PATCH] = {SQL_SLA_CALENDAR_PATCH, 3},
     [DISPATCH_STMT_SLA_CALENDAR_GET] = {SQL_SLA_CALENDAR_GET, 1},

@@ -18,10 +18,12 @@
 #include "ac_db.h"
 #include "ac_outbox.h"
 
-/* A ticket event as dispatch.ticket_apply() takes it: id, number, version, priority,
+/* A ticket event as dispatch.tickets_apply() takes it: id, number, version, priority,
  * category, customer_id, tier, product_model, region, status, in_warranty, created_at,
- * updated_at (text; NULL for SQL NULL). */
-#define DISPATCH_TICKET_NARGS 13
+ * updated_at, and the SLA clocks proposed for a new ticket (migration 019; JSON) (text;
+ * NULL for SQL NULL). */
+#define DISPATCH_TICKET_NARGS   14
+#define DISPATCH_TICKET_ARG_SLA 13
 
 enum dispatch_stmt {
     DISPATCH_STMT_OUTBOX_INSERT,
@@ -50,14 +52,16 @@ enum dispatch_stmt {
     DISPATCH_STMT_TICKET_ASSIGNMENTS, /* dispatch.ticket_assignments(number) */
     DISPATCH_STMT_ASSIGN_QUEUE_LIST,  /* dispatch.assign_queue_list(kind, unfilled, limit) */
     /* -- sla.c -- */
-    DISPATCH_STMT_SLA_START,       /* dispatch.sla_start(): clears the change queue */
-    DISPATCH_STMT_SLA_ARMED,       /* armed deadlines after (due_at, id): binary rows, see below */
-    DISPATCH_STMT_SLA_ARMED_COUNT, /* how many are armed: one json number */
-    DISPATCH_STMT_SLA_CHANGES,     /* dispatch.sla_changes_take(limit) */
-    DISPATCH_STMT_SLA_DIRTY,       /* dispatch.sla_dirty(limit) */
-    DISPATCH_STMT_SLA_SAVE,        /* dispatch.sla_save(jsonb) */
-    DISPATCH_STMT_SLA_FIRE,        /* dispatch.sla_fire(ids bigint[], versions int[]) */
-    DISPATCH_STMT_SLA_VIEW,        /* dispatch.sla_view(number) */
+    DISPATCH_STMT_SLA_START,        /* dispatch.sla_start(): clears the change queue */
+    DISPATCH_STMT_SLA_ARMED,        /* armed deadlines after (due_at, id): binary rows, see below */
+    DISPATCH_STMT_SLA_ARMED_COUNT,  /* how many are armed: one json number */
+    DISPATCH_STMT_SLA_CHANGES,      /* dispatch.sla_changes_take(limit) */
+    DISPATCH_STMT_SLA_DIRTY,        /* dispatch.sla_dirty(limit) */
+    DISPATCH_STMT_SLA_SAVE,         /* dispatch.sla_save(jsonb) */
+    DISPATCH_STMT_SLA_FIRE,         /* dispatch.sla_fire(ids bigint[], versions int[]) */
+    DISPATCH_STMT_SLA_VIEW,         /* dispatch.sla_view(number) */
+    DISPATCH_STMT_SLA_POLICY_CACHE, /* dispatch.sla_policy_cache(): the active policies */
+    DISPATCH_STMT_SLA_RESERVE_IDS,  /* dispatch.sla_reserve_ids(n): clock ids for proposals */
     DISPATCH_STMT_SLA_CALENDAR_CREATE, /* dispatch.sla_calendar_create(name, jsonb) */
     DISPATCH_STMT_SLA_CALENDAR_PATCH,  /* dispatch.sla_calendar_patch(name, jsonb, version) */
     DISPATCH_STMT_SLA_CALENDAR_GET,    /* dispatch.sla_calendar_get(name) */

@@ -106,6 +106,12 @@ int dispatch_tickets_batch_end(ac_db_txn_t *txn, void *arg)
     return rc;
 }
 
+void dispatch_tickets_batch_done(int err, void *arg)
+{
+    (void)err; /* committed, or maybe not: what was not inserted arms nothing that fires */
+    dispatch_sla_batch_done(arg);
+}
+
 void dispatch_tickets_stop(dispatch_t *self)
 {
     if (!self->ticket_batch)
@@ -153,9 +159,18 @@ static int on_ticket_event(const ac_consumer_event_t *ev, ac_db_txn_t *txn, void
         t->warranty && t->warranty->in_warranty ? "true" : "false",
         t->created_at && t->created_at[0] ? t->created_at : ev->env->time,
         t->updated_at && t->updated_at[0] ? t->updated_at : ev->env->time,
+        NULL,
     };
+    /* a new ticket's clocks, computed here (used only if the ticket is new to dispatch) */
+    char *sla = strcmp(ev->topic, "ticket.created") == 0
+                    ? dispatch_sla_propose(arg, t->number, values[3], values[6], values[4], status,
+                                           values[11], values[12])
+                    : NULL;
+    values[DISPATCH_TICKET_ARG_SLA] = sla;
     (void)txn; /* the statement comes at the end of the batch */
-    return batch_push(arg, values);
+    int rc = batch_push(arg, values);
+    free(sla);
+    return rc;
 }
 
 const ac_consumer_route_t dispatch_ticket_routes[] = {

@@ -211,6 +211,78 @@ def test_deadlines_fire_at_their_time(dstack, sup, sub):
     assert len(sla_events(sub, t["number"], mark)) == 3  # and nothing more
 
 
+def clock_rows(dstack, ticket_id):
+    return dstack.db.rows(
+        "SELECT target, policy_id::text, gen, computed_gen, version, due_at, next_due_at, levels "
+        "FROM dispatch.sla_clocks WHERE ticket_id = %s ORDER BY target", (ticket_id,))
+
+
+def test_new_ticket_clocks_go_in_computed_as_the_engine_computes_them(dstack, sup, sub):
+    """Migration 019: the consumer inserts a new ticket's clocks computed, the engine arms
+    them after the commit, they fire at their time; the engine computing them again finds
+    the same; and a policy the consumer has not read yet still wins."""
+    pol = policy(sup, {"priority": "P1", "customer_tier": "standard", "category": "complaint"},
+                 {"first_response": 3, "resolution": 7200}, warning_fractions=[0.5],
+                 grace_seconds=2)
+    time.sleep(2.5)  # the engine reads the policies again at its next tick (every second)
+    mark = sub.mark()
+    t = helpers.dispatch_ticket(dstack, category="complaint", urgency="critical")
+    rows = clock_rows(dstack, t["id"])
+    assert [r["target"] for r in rows] == ["first_response", "resolution"]
+    # computed at the insert: not dirty, and never saved by the engine (that would make it
+    # version 2), with every level in place
+    for r in rows:
+        assert r["policy_id"] == pol["id"]
+        assert r["gen"] == r["computed_gen"] == 1 and r["version"] == 1, r
+        assert r["due_at"] and r["next_due_at"] and len(r["levels"]) == 3, r
+    opened = opened_at(dstack, t["number"])
+    evs = wait_events(sub, t["number"], 3, 15, mark)
+    assert [m.topic for m in evs] == [b"sla.warning", b"sla.breached", b"sla.escalated"]
+    ids = sorted(int(m.env.sla_escalation.deadline_id) for m in evs)
+    fr = [r for r in rows if r["target"] == "first_response"][0]
+    assert ids == sorted(lv["id"] for lv in fr["levels"])
+    for m, after_s in zip(evs, (1.5, 3.0, 5.0)):
+        due = ts(m.env.sla_escalation.due_at)
+        assert due == opened + datetime.timedelta(seconds=after_s)
+        assert due <= ts(m.env.sla_escalation.fired_at) < due + datetime.timedelta(seconds=BOUND_S)
+
+    # the engine, made to compute the (unfired) resolution clock again, finds the same
+    before = [r for r in clock_rows(dstack, t["id"]) if r["target"] == "resolution"][0]
+    dstack.db.rows("UPDATE dispatch.sla_clocks SET gen = gen + 1 "
+                   "WHERE ticket_id = %s AND target = 'resolution'", (t["id"],))
+    dstack.db.rows("SELECT pg_notify('dispatch_deadlines', '')")
+
+    def recomputed():
+        r = [x for x in clock_rows(dstack, t["id"]) if x["target"] == "resolution"][0]
+        return r if r["computed_gen"] == r["gen"] == 2 else None
+    after = wait_until(recomputed, 10, 0.05, "the engine to compute the clock again")
+    for k in ("due_at", "next_due_at", "levels", "version"):
+        assert after[k] == before[k], (k, before[k], after[k])
+
+    # a policy written behind the API (the consumer has not read it): the insert sees that
+    # the proposal names another policy, and the engine computes the clocks of the new one
+    policy(sup, {"priority": "P1", "category": "consultation"}, {"resolution": 7200})
+    time.sleep(2.5)
+    direct = dstack.db.scalar(
+        "INSERT INTO dispatch.sla_policies (name, priority, customer_tier, category, arrival_s, "
+        "calendar_id) SELECT %s, 'P1', 'standard', 'consultation', 600, id "
+        "FROM dispatch.sla_calendars WHERE name = '24x7' RETURNING id::text", (unique("direct"),))
+    try:
+        t2 = helpers.dispatch_ticket(dstack, category="consultation", urgency="critical")
+
+        def computed():
+            r = clock_rows(dstack, t2["id"])
+            return r if r and all(x["computed_gen"] == x["gen"] for x in r) else None
+        rows = wait_until(computed, 10, 0.05, "the engine to compute the clocks")
+        assert [(r["target"], r["policy_id"]) for r in rows] == [("arrival", direct)]
+        assert rows[0]["version"] == 2  # saved by the engine
+        assert rows[0]["due_at"] == opened_at(dstack, t2["number"]) + datetime.timedelta(
+            seconds=600)
+    finally:
+        dstack.db.rows("UPDATE dispatch.sla_policies SET active = false WHERE id = %s",
+                       (direct,))
+
+
 def test_pause_moves_deadlines_by_the_paused_time(dstack, sup, sub):
     policy(sup, {"priority": "P4", "customer_tier": "standard", "category": "consultation"},
            {"first_response": 4}, warning_fractions=[], grace_seconds=600)
