@@ -10,6 +10,8 @@
  *            (due_at, id) pages of LOAD_PAGE binary rows straight into the deadline set
  *            (deadlines.c: append, then one O(n) heapify), then attaches the set's
  *            ev_periodic to the loop; nothing else arms before the load is done;
+ *   propose  a new ticket's clocks are computed for the consumer's insert (see "clocks at
+ *            apply", migration 019) and armed after its transaction;
  *   compute  NOTIFY dispatch_deadlines (at most one start per COMPUTE_GAP_S, so that new
  *            tickets come in batches; and a sweep every SWEEP_S) reads the clocks marked
  *            dirty by the hooks (dispatch.sla_dirty), computes their levels with slaclock.c
@@ -29,7 +31,8 @@
  * Rows are the truth: a crash loses only the set, which the next start reads back, and a
  * deadline that passed meanwhile is due at once.
  *
- * Owns: the set, the parsed calendars, the load transaction, the batches waiting to fire.
+ * Owns: the set, the parsed calendars, the load transaction, the batches waiting to fire,
+ * the cached policies, the reserved clock ids and the proposed clocks waiting to be armed.
  * Calls through dispatch_run_sql() may finish after dispatch_sla_stop() (the pool fails
  * them while it is destroyed): the engine lives until the last one has returned. */
 #include <math.h>
