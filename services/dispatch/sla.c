@@ -971,6 +971,9 @@ char *dispatch_sla_propose(dispatch_t *self, const char *number, const char *pri
         free(text); /* cannot remember to arm them: no proposal */
         text = NULL;
     }
+    if (text)
+        ac_metrics_add(sla->svc->metrics, "sla_clocks_proposed_total", NULL,
+                       (double)json_object_size(clocks));
 done:
     json_decref(doc);
     json_decref(clocks);
@@ -1284,6 +1287,8 @@ int dispatch_sla_start(dispatch_t *self)
         {"sla_fire_backlog", AC_METRIC_GAUGE, "due deadlines waiting for a firing transaction"},
         {"sla_fired_total", AC_METRIC_COUNTER, "SLA deadlines fired (sla.* events)"},
         {"sla_clocks_computed_total", AC_METRIC_COUNTER, "SLA clocks computed and saved"},
+        {"sla_clocks_proposed_total", AC_METRIC_COUNTER,
+         "new tickets' SLA clocks computed for the consumer's insert (migration 019)"},
         {"sla_fire_lateness_seconds", AC_METRIC_HISTOGRAM,
          "from a deadline's due time to its firing transaction's commit"},
         {"sla_fire_lateness_recent_seconds", AC_METRIC_GAUGE,

@@ -18,6 +18,7 @@ import time
 import uuid
 
 import pytest
+import requests
 
 import helpers
 from helpers import assert_error, unique, wait_until
@@ -211,6 +212,14 @@ def test_deadlines_fire_at_their_time(dstack, sup, sub):
     assert len(sla_events(sub, t["number"], mark)) == 3  # and nothing more
 
 
+def dispatch_metric(dstack, name):
+    text = requests.get(dstack.dispatch.url + "/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith("aftercare_dispatch_" + name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def clock_rows(dstack, ticket_id):
     return dstack.db.rows(
         "SELECT target, policy_id::text, gen, computed_gen, version, due_at, next_due_at, levels "
@@ -226,7 +235,9 @@ def test_new_ticket_clocks_go_in_computed_as_the_engine_computes_them(dstack, su
                  grace_seconds=2)
     time.sleep(2.5)  # the engine reads the policies again at its next tick (every second)
     mark = sub.mark()
+    proposed = dispatch_metric(dstack, "sla_clocks_proposed_total")
     t = helpers.dispatch_ticket(dstack, category="complaint", urgency="critical")
+    assert dispatch_metric(dstack, "sla_clocks_proposed_total") == proposed + 2
     rows = clock_rows(dstack, t["id"])
     assert [r["target"] for r in rows] == ["first_response", "resolution"]
     # computed at the insert: not dirty, and never saved by the engine (that would make it
