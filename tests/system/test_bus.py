@@ -87,3 +87,12 @@ def test_events_tail_skips_garbage(stack, rogue):
     assert len(lines) == 1, out
     assert lines[0].startswith("seq=") and "ticket.created" in lines[0]
     assert any(n in lines[0] for n in numbers), (lines, numbers)
+
+
+@pytest.mark.parametrize("bad", ["0", "65", "two", "-1"])
+def test_bad_io_threads_is_refused_at_start(bad):
+    """AC_BUS_IO_THREADS out of 1..64: the bus refuses to start and names the key."""
+    env = dict(os.environ, AC_BUS_IO_THREADS=bad, AC_BUS_DB="host=127.0.0.1 port=1",
+               AC_BUS_SECRET_KEY_FILE="/nonexistent")
+    p = subprocess.run([helpers.BUS_BIN], env=env, capture_output=True, text=True, timeout=10)
+    assert p.returncode == 2 and "AC_BUS_IO_THREADS" in p.stderr, (p.returncode, p.stderr)
