@@ -99,7 +99,6 @@ void dispatch_api_setup(dispatch_t *self);
 extern const ac_consumer_route_t dispatch_ticket_routes[];
 void dispatch_tickets_batch_begin(void *arg);
 int dispatch_tickets_batch_end(struct ac_db_txn *txn, void *arg);
-void dispatch_tickets_batch_done(int err, void *arg);
 void dispatch_tickets_stop(dispatch_t *self);
 
 /* assignment.c: the worker that assigns queued tickets (woken by NOTIFY
@@ -119,8 +118,10 @@ void dispatch_sla_on_notify(dispatch_t *self, const char *payload);
 char *dispatch_sla_propose(dispatch_t *self, const char *number, const char *priority,
                            const char *tier, const char *category, const char *status,
                            const char *opened_at, const char *updated_at);
-/* The consumer's transaction is over, committed or not: arm the clocks proposed for it. */
-void dispatch_sla_batch_done(dispatch_t *self);
+/* The consumer's on_batch_done (arg: the service): its transaction is over, committed or
+ * not (err), and the clocks proposed for it are armed either way — one that was not
+ * inserted arms nothing that fires. */
+void dispatch_sla_batch_done(int err, void *arg);
 /* A policy or calendar changed: the proposals wait until the policies are read again. */
 void dispatch_sla_policies_changed(dispatch_t *self);
 

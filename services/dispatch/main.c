@@ -160,7 +160,7 @@ static int dispatch_setup(dispatch_t *self, struct ev_loop *loop, const dispatch
         .routes = dispatch_ticket_routes,
         .on_batch_begin = dispatch_tickets_batch_begin,
         .on_batch_end = dispatch_tickets_batch_end,
-        .on_batch_done = dispatch_tickets_batch_done,
+        .on_batch_done = dispatch_sla_batch_done,
         .is_commit_async = 1, /* effects published only through the outbox */
         .arg = self,
         .db = self->db,

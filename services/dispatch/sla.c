@@ -1043,8 +1043,10 @@ static void proposed_arm(dispatch_sla_t *sla)
     sla->n_proposed = 0;
 }
 
-void dispatch_sla_batch_done(dispatch_t *self)
+void dispatch_sla_batch_done(int err, void *arg)
 {
+    dispatch_t *self = arg;
+    (void)err;
     if (self->sla)
         proposed_arm(self->sla);
 }

@@ -106,12 +106,6 @@ int dispatch_tickets_batch_end(ac_db_txn_t *txn, void *arg)
     return rc;
 }
 
-void dispatch_tickets_batch_done(int err, void *arg)
-{
-    (void)err; /* committed, or maybe not: what was not inserted arms nothing that fires */
-    dispatch_sla_batch_done(arg);
-}
-
 void dispatch_tickets_stop(dispatch_t *self)
 {
     if (!self->ticket_batch)
