@@ -590,11 +590,17 @@ int intake_store_add_follow_take(ac_db_txn_t *t, int limit)
     snprintf(limit_s, sizeof limit_s, "%d", limit);
     const char *values[1] = {limit_s};
     int rc = ac_db_txn_add(t, INTAKE_STMT_FOLLOW_TAKE, values, NULL, NULL);
-    /* (second: the take's answer stays the transaction's first result; the setting is
-     * read at COMMIT) */
+    /* (second: the take's answer stays the transaction's first result; the commit setting
+     * is read at COMMIT. The statements that follow write the batch's tickets, history and
+     * inbox rows by key: index probes at every table size, as in follow_take itself —
+     * intake migration 007) */
     return rc < 0 ? rc
-                  : ac_db_txn_add_sql(t, "SELECT set_config('synchronous_commit', 'off', true)", 0,
-                                      NULL, NULL, NULL);
+                  : ac_db_txn_add_sql(t,
+                                      "SELECT set_config('synchronous_commit', 'off', true),"
+                                      " set_config('enable_seqscan', 'off', true),"
+                                      " set_config('enable_hashjoin', 'off', true),"
+                                      " set_config('enable_mergejoin', 'off', true)",
+                                      0, NULL, NULL, NULL);
 }
 
 int intake_store_add_follow_done(ac_db_txn_t *t, const int64_t *ids, size_t n)
