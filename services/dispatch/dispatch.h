@@ -10,11 +10,12 @@
  *
  * Modules: main.c wires; ops.c runs a SQL operation and publishes the events it returns;
  * api.c (engineers' HTTP handlers), tickets.c (the intake consumer), assignment.c,
- * plans.c, work.c, repairs.c, cases.c, sla.c (each: its HTTP routes and background
- * work; its SQL in migrations/NNN_<module>.sql); store.c (prepared statements);
- * events.c (engineer payloads); and in dispatch_core (no I/O, unit-tested): calendar.c
- * (business time), deadlines.c (the armed deadline set), slaclock.c (SLA clocks with
- * pauses), score.c (assignment filters and score), validate.c, plan_validate.c.
+ * offers.c (unanswered offers expire), plans.c, work.c, repairs.c, cases.c, sla.c (each:
+ * its HTTP routes and background work; its SQL in migrations/NNN_<module>.sql); store.c
+ * (prepared statements); events.c (engineer payloads); and in dispatch_core (no I/O,
+ * unit-tested): calendar.c (business time), deadlines.c (the armed deadline set),
+ * slaclock.c (SLA clocks with pauses), score.c (assignment filters and score),
+ * validate.c, plan_validate.c.
  *
  * Owns (dispatch_t): the database pool, the token cache, the outbox relay, the consumer,
  * the metrics registry, each module's state, and (in its ac_service_t) the HTTP server,
@@ -35,29 +36,39 @@
 #include "ac_metrics.h"
 #include "ac_outbox.h"
 #include "ac_service.h"
+#include "ac_time.h"
 
 typedef struct dispatch_config {
-    char *db_conninfo;    /* AC_DISPATCH_DB (required) */
-    char *http_addr;      /* AC_DISPATCH_HTTP_ADDR */
-    int http_port;        /* AC_DISPATCH_HTTP_PORT */
-    long db_pool;         /* AC_DISPATCH_DB_POOL: connections */
-    long max_body;        /* AC_DISPATCH_MAX_BODY: bytes */
-    char *bus_input;      /* AC_BUS_INPUT */
-    char *bus_output;     /* AC_BUS_OUTPUT: where the consumer subscribes */
-    char *bus_replay;     /* AC_BUS_REPLAY: where the consumer replays */
-    double retention_s;   /* AC_OUTBOX_RETENTION: published outbox rows kept this long */
-    char *bus_server_key; /* AC_BUS_SERVER_KEY: the bus's CURVE public key (Z85) */
-    char *key_file;       /* AC_DISPATCH_KEY_FILE: dispatch's CURVE key pair */
-    ac_curve_t curve;     /* loaded by main() from key_file and bus_server_key */
-    char *tzdir;          /* AC_DISPATCH_TZDIR: zoneinfo directory for shift calendars */
-    char *link_secret;    /* AC_DISPATCH_LINK_SECRET: signs customer links (plans.c) */
-    char *log_level;      /* AC_LOG_LEVEL */
-    char *log_format;     /* AC_LOG_FORMAT: text | json */
+    char *db_conninfo;      /* AC_DISPATCH_DB (required) */
+    char *http_addr;        /* AC_DISPATCH_HTTP_ADDR */
+    int http_port;          /* AC_DISPATCH_HTTP_PORT */
+    long db_pool;           /* AC_DISPATCH_DB_POOL: connections */
+    long max_body;          /* AC_DISPATCH_MAX_BODY: bytes */
+    char *bus_input;        /* AC_BUS_INPUT */
+    char *bus_output;       /* AC_BUS_OUTPUT: where the consumer subscribes */
+    char *bus_replay;       /* AC_BUS_REPLAY: where the consumer replays */
+    double retention_s;     /* AC_OUTBOX_RETENTION: published outbox rows kept this long */
+    char *bus_server_key;   /* AC_BUS_SERVER_KEY: the bus's CURVE public key (Z85) */
+    char *key_file;         /* AC_DISPATCH_KEY_FILE: dispatch's CURVE key pair */
+    ac_curve_t curve;       /* loaded by main() from key_file and bus_server_key */
+    char *tzdir;            /* AC_DISPATCH_TZDIR: zoneinfo directory for shift calendars */
+    char *link_secret;      /* AC_DISPATCH_LINK_SECRET: signs customer links (plans.c) */
+    double offer_timeout_s; /* AC_DISPATCH_OFFER_TIMEOUT: an unanswered automatic offer
+                             * expires (offers.c); 0 = never */
+    char *log_level;        /* AC_LOG_LEVEL */
+    char *log_format;       /* AC_LOG_FORMAT: text | json */
 } dispatch_config_t;
 
 /* A request waiting on the database (ac_service.h). Embedded first in every async
  * request struct. */
 typedef ac_op_t dispatch_op_t;
+
+/* offers.c's state: the sweep that expires unanswered offers. */
+typedef struct dispatch_offers {
+    ev_timer timer;       /* the next sweep */
+    ac_backoff_t backoff; /* after a failed sweep */
+    int is_sweeping;      /* its transaction is in flight */
+} dispatch_offers_t;
 
 typedef struct dispatch {
     struct ev_loop *loop;                       /* borrowed from main() */
@@ -74,9 +85,10 @@ typedef struct dispatch {
     ac_db_config_t db_cfg;                      /* must outlive db */
     ac_outbox_config_t outbox_cfg;
     ac_consumer_config_t consumer_cfg;
-    ac_service_t base;   /* HTTP, graceful stop, requests in flight */
-    int is_closed;       /* the loop has ended: start no database work */
-    ev_timer emit_timer; /* ops.c's emitter: pending_events -> outbox */
+    ac_service_t base;        /* HTTP, graceful stop, requests in flight */
+    int is_closed;            /* the loop has ended: start no database work */
+    ev_timer emit_timer;      /* ops.c's emitter: pending_events -> outbox */
+    dispatch_offers_t offers; /* offers.c */
     int is_emitting, is_emit_again;
 } dispatch_t;
 
@@ -107,6 +119,11 @@ int dispatch_assignment_start(dispatch_t *self);
 void dispatch_assignment_stop(dispatch_t *self);
 void dispatch_assignment_on_notify(dispatch_t *self, const char *payload);
 
+/* offers.c: unanswered automatic offers expire (migration 021). start: declares the
+ * metric and, with a timeout, sweeps at once and then when the next offer is due; stop:
+ * no more sweeps. */
+void dispatch_offers_start(dispatch_t *self);
+void dispatch_offers_stop(dispatch_t *self);
 /* sla.c: the SLA engine (clocks' next levels and vendor deadlines armed on the loop;
  * NOTIFY dispatch_deadlines). */
 int dispatch_sla_start(dispatch_t *self);

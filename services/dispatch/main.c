@@ -43,6 +43,10 @@ static const ac_cfg_key_t dispatch_config_keys[] = {
      "zoneinfo directory for shift calendars (empty: /usr/share/zoneinfo)"},
     {"AC_DISPATCH_LINK_SECRET", AC_CFG_STRING, offsetof(dispatch_config_t, link_secret), "", 0, 0,
      "secret (32+ characters) that signs customers' plan links; empty: links disabled"},
+    {"AC_DISPATCH_OFFER_TIMEOUT", AC_CFG_DURATION, offsetof(dispatch_config_t, offer_timeout_s),
+     "15m", 0, 604800,
+     "an automatic offer nobody accepts or declines within this is declined and offered to "
+     "the next engineer (e.g. 15m, 90s; 0 = never)"},
     {"AC_LOG_LEVEL", AC_CFG_STRING, offsetof(dispatch_config_t, log_level), "info", 0, 0,
      "debug, info, warn or error"},
     {"AC_LOG_FORMAT", AC_CFG_STRING, offsetof(dispatch_config_t, log_format), "text", 0, 0,
@@ -148,6 +152,7 @@ static int dispatch_setup(dispatch_t *self, struct ev_loop *loop, const dispatch
     dispatch_emitter_start(self);
     if (dispatch_assignment_start(self) < 0 || dispatch_sla_start(self) < 0)
         return -1;
+    dispatch_offers_start(self);
 
     /* intake's ticket events: tickets.c mirrors them, the modules' SQL hooks react */
     self->consumer_cfg = (ac_consumer_config_t){
@@ -190,6 +195,7 @@ static void dispatch_teardown(dispatch_t *self)
     ac_consumer_destroy(&self->consumer); /* its transaction in flight rolls back */
     dispatch_tickets_stop(self);
     dispatch_sla_stop(self);
+    dispatch_offers_stop(self);
     dispatch_assignment_stop(self);
     dispatch_emitter_stop(self);
     ac_outbox_destroy(&self->outbox);

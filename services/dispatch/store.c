@@ -56,6 +56,8 @@ static const char SQL_ASSIGN_ENGINEERS[] = "SELECT dispatch.assign_engineers($1:
 static const char SQL_ASSIGN_TAKE[] =
     "SELECT dispatch.assign_take($1::int, $2::text[], $3::timestamptz)";
 static const char SQL_ASSIGN_APPLY[] = "SELECT dispatch.assign_apply($1::jsonb)";
+/* -- offers.c -- */
+static const char SQL_ASSIGN_EXPIRE[] = "SELECT dispatch.assign_expire($1::int, $2::int)";
 /* also: no 'load' notices from the batch (migration 017) */
 static const char SQL_ASSIGN_ASYNC_COMMIT[] =
     "SELECT set_config('synchronous_commit', 'off', true),"
@@ -213,6 +215,7 @@ const ac_db_stmt_t dispatch_stmts[DISPATCH_STMT__COUNT] = {
     [DISPATCH_STMT_TICKET_ASSIGN] = {SQL_TICKET_ASSIGN, 7},
     [DISPATCH_STMT_ASSIGNMENT_GET] = {SQL_ASSIGNMENT_GET, 1},
     [DISPATCH_STMT_TICKET_ASSIGNMENTS] = {SQL_TICKET_ASSIGNMENTS, 1},
+    [DISPATCH_STMT_ASSIGN_EXPIRE] = {SQL_ASSIGN_EXPIRE, 2},
     [DISPATCH_STMT_ASSIGN_QUEUE_LIST] = {SQL_ASSIGN_QUEUE_LIST, 3},
     /* -- sla.c -- */
     [DISPATCH_STMT_SLA_START] = {SQL_SLA_START, 0},

@@ -51,6 +51,8 @@ enum dispatch_stmt {
     DISPATCH_STMT_ASSIGNMENT_GET,     /* dispatch.assignment_get(id) */
     DISPATCH_STMT_TICKET_ASSIGNMENTS, /* dispatch.ticket_assignments(number) */
     DISPATCH_STMT_ASSIGN_QUEUE_LIST,  /* dispatch.assign_queue_list(kind, unfilled, limit) */
+    /* -- offers.c -- */
+    DISPATCH_STMT_ASSIGN_EXPIRE, /* dispatch.assign_expire(timeout_s, limit) */
     /* -- sla.c -- */
     DISPATCH_STMT_SLA_START,        /* dispatch.sla_start(): clears the change queue */
     DISPATCH_STMT_SLA_ARMED,        /* armed deadlines after (due_at, id): binary rows, see below */
