@@ -347,31 +347,24 @@ ENVELOPE_BYTES=$(($(tr -d '\n' <"$ENVELOPE" | wc -c) / 2))
 say "    template envelope: $ENVELOPE_BYTES bytes (ticket.created, without its sequence)"
 
 # ---- (a) raw ZeroMQ ------------------------------------------------------------------------------
-# The same transport with the 4 frames of a replayed event: the ceiling for (c) (once).
-say "(a4) raw ZeroMQ PUB/SUB with CURVE, the 4 frames of a replayed event: $EVENTS events"
-RAW4_CMD=("$BENCH" raw --envelope "$ENVELOPE" --count "$EVENTS" --frames 4)
-show_cmd "${RAW4_CMD[@]}"
-run_child timeout -k 5 300 "${RAW4_CMD[@]}" >"$WORK/raw4.out" 2>"$WORK/raw4.err" || {
-    show_log "$WORK/raw4.err"
-    die "bench-events raw --frames 4 failed"
-}
-RAW4=$(tail -n 1 "$WORK/raw4.out")
-say "    $RAW4"
-RAW4_RATE=$(kv "$RAW4" rate)
-
-# One measurement of (a): RAW_RATE.
-measure_raw() { # ROUND
-    say "(a) raw ZeroMQ PUB/SUB with CURVE: $EVENTS events (round $1 of $ROUNDS)"
-    RAW_CMD=("$BENCH" raw --envelope "$ENVELOPE" --count "$EVENTS")
+# One run of `bench-events raw` (output in $WORK/NAME.out): its result line in RAW, its rate
+# in RAW_RATE.
+measure_raw() { # NAME [EXTRA ARGS...]
+    RAW_CMD=("$BENCH" raw --envelope "$ENVELOPE" --count "$EVENTS" "${@:2}")
     show_cmd "${RAW_CMD[@]}"
-    run_child timeout -k 5 300 "${RAW_CMD[@]}" >"$WORK/raw-$1.out" 2>"$WORK/raw-$1.err" || {
-        show_log "$WORK/raw-$1.err"
-        die "bench-events raw failed"
+    run_child timeout -k 5 300 "${RAW_CMD[@]}" >"$WORK/$1.out" 2>"$WORK/$1.err" || {
+        show_log "$WORK/$1.err"
+        die "bench-events raw ${*:2} failed"
     }
-    RAW=$(tail -n 1 "$WORK/raw-$1.out")
+    RAW=$(tail -n 1 "$WORK/$1.out")
     say "    $RAW"
     RAW_RATE=$(kv "$RAW" rate)
 }
+
+# The same transport with the 4 frames of a replayed event: the ceiling for (c) (once).
+say "(a4) raw ZeroMQ PUB/SUB with CURVE, the 4 frames of a replayed event: $EVENTS events"
+measure_raw raw4 --frames 4
+RAW4_RATE=$RAW_RATE
 
 # Starts `bench-events sub` in the background for SOURCE FROM..TO and waits until it is ready.
 start_sub() { # SOURCE FROM TO NAME [EXTRA ARGS...]
@@ -474,7 +467,8 @@ RELAY_RATES=()
 RATIOS=()
 RELAY_MISSING=0
 for ((round = 1; round <= ROUNDS; round++)); do
-    measure_raw "$round"
+    say "(a) raw ZeroMQ PUB/SUB with CURVE: $EVENTS events (round $round of $ROUNDS)"
+    measure_raw "raw-$round"
     measure_relay "$round"
     RAW_RATES+=("$RAW_RATE")
     RELAY_RATES+=("$RELAY_RATE")
