@@ -84,6 +84,11 @@ int ac_zsock_bind(ac_zsock_t *s, const char *endpoint) AC_WUR;
 int ac_zsock_connect(ac_zsock_t *s, const char *endpoint) AC_WUR;
 int ac_zsock_set_hwm(ac_zsock_t *s, int sndhwm, int rcvhwm) AC_WUR;
 int ac_zsock_set_maxmsgsize(ac_zsock_t *s, int64_t bytes) AC_WUR;
+/* Before bind or connect: the I/O threads that serve this socket's connections (bit i:
+ * thread i of ac_bus_set_io_threads(); 0: any). ZeroMQ spreads a socket's connections over
+ * every I/O thread otherwise, and its monitor then reports the events of different
+ * connections in no particular order. */
+int ac_zsock_set_affinity(ac_zsock_t *s, uint64_t threads) AC_WUR;
 int ac_zsock_set_xpub_nodrop(ac_zsock_t *s, int on) AC_WUR;
 int ac_zsock_set_immediate(ac_zsock_t *s, int on) AC_WUR; /* queue only to live connections */
 int ac_zsock_subscribe(ac_zsock_t *s, const char *prefix) AC_WUR; /* SUB: filter; XSUB: sends it */

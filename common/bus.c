@@ -227,6 +227,16 @@ int ac_zsock_set_hwm(ac_zsock_t *s, int sndhwm, int rcvhwm)
     return rc ? rc : set_int(s, ZMQ_RCVHWM, rcvhwm, "RCVHWM");
 }
 
+int ac_zsock_set_affinity(ac_zsock_t *s, uint64_t threads)
+{
+    touch(s);
+    if (zmq_setsockopt(s->zs, ZMQ_AFFINITY, &threads, sizeof(threads)) != 0) {
+        ac_error("bus: setsockopt AFFINITY: %s", zmq_strerror(errno));
+        return AC_ERR_INVALID;
+    }
+    return 0;
+}
+
 int ac_zsock_set_maxmsgsize(ac_zsock_t *s, int64_t bytes)
 {
     touch(s);

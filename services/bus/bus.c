@@ -380,7 +380,8 @@ static int output_open(bus_t *self)
     ac_zsock_t *s = ac_zsock_new(self->loop, AC_ZSOCK_XPUB);
     if (!s)
         return AC_ERR_IO;
-    if (ac_zsock_set_hwm(s, (int)self->cfg->hwm, 1000) || ac_zsock_set_xpub_manual(s, 1) ||
+    if (ac_zsock_set_affinity(s, BUS_IO_AFFINITY(self->cfg, BUS_DOMAIN_OUTPUT)) ||
+        ac_zsock_set_hwm(s, (int)self->cfg->hwm, 1000) || ac_zsock_set_xpub_manual(s, 1) ||
         ac_zsock_set_curve_server(s, &self->curve, BUS_ZAP_OUTPUT) ||
         bus_conns_watch(&self->conns[BUS_DOMAIN_OUTPUT], self, BUS_ZAP_OUTPUT, s)) {
         ac_zsock_destroy(&s);
@@ -491,7 +492,8 @@ int bus_setup(bus_t *self, struct ev_loop *loop, const bus_config_t *cfg)
     if (!self->input || output_open(self) != 0 ||
         bus_conns_watch(&self->conns[BUS_DOMAIN_INPUT], self, BUS_ZAP_INPUT, self->input))
         return AC_ERR_IO;
-    if (ac_zsock_set_hwm(self->input, 1000, (int)cfg->hwm) ||
+    if (ac_zsock_set_affinity(self->input, BUS_IO_AFFINITY(cfg, BUS_DOMAIN_INPUT)) ||
+        ac_zsock_set_hwm(self->input, 1000, (int)cfg->hwm) ||
         ac_zsock_set_maxmsgsize(self->input, cfg->max_msg) ||
         ac_zsock_set_curve_server(self->input, &self->curve, BUS_ZAP_INPUT) ||
         ac_zsock_bind(self->input, cfg->input_bind) ||

@@ -32,6 +32,14 @@ typedef enum {
 #define BUS_ZAP_OUTPUT "aftercare.output"
 #define BUS_ZAP_REPLAY "aftercare.replay"
 
+/* The I/O thread that serves each bus socket (ac_zsock_set_affinity()): the output on
+ * thread 1 when there are two or more, the input and the replay endpoint on thread 0. One
+ * thread per socket keeps its monitor's events in the order they happened, which conns.c
+ * relies on to attribute handshakes; and the output's encryption runs beside the input's
+ * decryption. */
+#define BUS_IO_AFFINITY(cfg, domain)                                                               \
+    ((domain) == BUS_DOMAIN_OUTPUT && (cfg)->io_threads >= 2 ? 2u : 1u)
+
 typedef struct bus_config {
     char *input_bind;      /* AC_BUS_INPUT_BIND */
     char *output_bind;     /* AC_BUS_OUTPUT_BIND */

@@ -11,7 +11,9 @@
  * libzmq 4.3 names the connection (its fd) only in ACCEPTED and DISCONNECTED: a
  * handshake outcome is attributed to the oldest connection still in its
  * handshake, and a failure's DISCONNECTED (which follows it) corrects that
- * attribution when it was wrong. A connection closed before any handshake event
+ * attribution when it was wrong. That order holds because each bus socket is
+ * served by one ZeroMQ I/O thread (BUS_IO_AFFINITY, bus.h): spread over two, the
+ * events of different connections came in no particular order. A connection closed before any handshake event
  * was not a ZeroMQ peer.
  *
  * Owns: the tables of connections in their handshake and past it. */

@@ -851,7 +851,8 @@ bus_replay_t *bus_replay_new(bus_t *bus, bus_store_t *store, bus_sources_t *sour
     ev_timer_init(&self->retry, on_retry, RETRY_S, 0.);
     ev_timer_init(&self->watch, on_watch, 0., WATCH_S);
     self->sock = ac_zsock_new(bus->loop, AC_ZSOCK_ROUTER);
-    if (!self->sock || ac_zsock_set_router_mandatory(self->sock, 1) ||
+    if (!self->sock || ac_zsock_set_affinity(self->sock, BUS_IO_AFFINITY(cfg, BUS_DOMAIN_REPLAY)) ||
+        ac_zsock_set_router_mandatory(self->sock, 1) ||
         ac_zsock_set_hwm(self->sock, SNDHWM, 1000) ||
         ac_zsock_set_maxmsgsize(self->sock, cfg->max_msg) ||
         ac_zsock_set_curve_server(self->sock, &bus->curve, BUS_ZAP_REPLAY) ||
