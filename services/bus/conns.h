@@ -13,8 +13,8 @@
  * handshake, and a failure's DISCONNECTED (which follows it) corrects that
  * attribution when it was wrong. That order holds because each bus socket is
  * served by one ZeroMQ I/O thread (BUS_IO_AFFINITY, bus.h): spread over two, the
- * events of different connections came in no particular order. A connection closed before any handshake event
- * was not a ZeroMQ peer.
+ * events of different connections came in no particular order. A connection closed before any
+ * handshake event was not a ZeroMQ peer.
  *
  * Owns: the tables of connections in their handshake and past it. */
 #ifndef BUS_CONNS_H
