@@ -34,7 +34,7 @@
 #
 # Environment:
 #   BENCH_EVENTS    events for (a), (b) and (c) (default 200000)
-#   BENCH_ROUNDS    how many times (a) and (b) alternate (default 3); the ratio target is
+#   BENCH_ROUNDS    how many times (a) and (b) alternate (default 5); the ratio target is
 #                   checked on the median of the rounds' ratios
 #   BENCH_SECONDS   length of the latency run (default 10)
 #   BENCH_RATE      events/s of the latency run (default 1000)
@@ -50,7 +50,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../.." && pwd)
 EVENTS=${BENCH_EVENTS:-200000}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 DUR=${BENCH_SECONDS:-10}
 RATE=${BENCH_RATE:-1000}
 PG_BIN=${AC_PG_BIN:-/usr/lib/postgresql/15/bin}
