@@ -8,7 +8,15 @@
 
 typedef struct ac_metrics ac_metrics_t;
 
-typedef enum { AC_METRIC_COUNTER, AC_METRIC_GAUGE, AC_METRIC_HISTOGRAM } ac_metric_type_t;
+/* Histograms have buckets in seconds (0.5 ms .. 5 s) for durations; AC_METRIC_SIZES is a
+ * histogram with power-of-two buckets (1 .. 4096) for counts, such as rows per batch. Both
+ * render as Prometheus histograms and take ac_metrics_observe(). */
+typedef enum {
+    AC_METRIC_COUNTER,
+    AC_METRIC_GAUGE,
+    AC_METRIC_HISTOGRAM,
+    AC_METRIC_SIZES
+} ac_metric_type_t;
 
 ac_metrics_t *ac_metrics_new(const char *prefix); /* prefix "aftercare_intake" */
 void ac_metrics_destroy(ac_metrics_t **self_p);

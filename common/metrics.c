@@ -17,20 +17,28 @@
 
 #include "ac_log.h"
 
-/* Upper bounds in seconds; the implicit last bucket is +Inf (= the series' count). */
-static const double BUCKET_BOUNDS[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                       0.1,    0.25,  0.5,    1,     2.5,  5};
-static const char *const BUCKET_LABELS[] = {"0.0005", "0.001", "0.0025", "0.005", "0.01",
-                                            "0.025",  "0.05",  "0.1",    "0.25",  "0.5",
-                                            "1",      "2.5",   "5"};
-#define NBUCKETS AC_ARRAY_LEN(BUCKET_BOUNDS)
+/* Upper bounds of a kind of histogram's buckets; the implicit last bucket is +Inf (= the
+ * series' count). */
+#define NBUCKETS 13
+typedef struct buckets {
+    double bounds[NBUCKETS];
+    const char *labels[NBUCKETS];
+} buckets_t;
+
+static const buckets_t SECONDS = {
+    {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5},
+    {"0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1",
+     "2.5", "5"}};
+static const buckets_t SIZES = {
+    {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096},
+    {"1", "2", "4", "8", "16", "32", "64", "128", "256", "512", "1024", "2048", "4096"}};
 
 typedef struct series {
     char *labels;               /* first: the sort key; label body without braces, "" if none */
     double value;               /* counter / gauge */
     double sum;                 /* histogram: sum of observations */
     uint64_t count;             /* histogram: observations (the +Inf bucket) */
-    uint64_t buckets[NBUCKETS]; /* histogram: observations <= BUCKET_BOUNDS[i], per bucket */
+    uint64_t buckets[NBUCKETS]; /* histogram: observations <= the i-th bound, per bucket */
 } series_t;
 
 typedef struct family {
@@ -54,7 +62,19 @@ struct ac_metrics {
     size_t nhooks;
 };
 
-static const char *const TYPE_NAMES[] = {"counter", "gauge", "histogram"};
+/* Prometheus' type of each kind, and the kind's name for messages. */
+static const char *const TYPE_NAMES[] = {"counter", "gauge", "histogram", "histogram"};
+static const char *const KIND_NAMES[] = {"counter", "gauge", "histogram", "histogram of sizes"};
+
+static int is_histogram(ac_metric_type_t type)
+{
+    return type == AC_METRIC_HISTOGRAM || type == AC_METRIC_SIZES;
+}
+
+static const buckets_t *family_buckets(const family_t *f)
+{
+    return f->type == AC_METRIC_SIZES ? &SIZES : &SECONDS;
+}
 
 /* --- lifecycle -------------------------------------------------------------------------- */
 
@@ -223,8 +243,8 @@ int ac_metrics_declare(ac_metrics_t *m, const char *name, ac_metric_type_t type,
     family_t *f = family_find(m, name, &pos);
     if (f != NULL) {
         if (f->type != type) {
-            ac_error("metrics: %s declared as %s, already a %s", name, TYPE_NAMES[type],
-                     TYPE_NAMES[f->type]);
+            ac_error("metrics: %s declared as %s, already a %s", name, KIND_NAMES[type],
+                     KIND_NAMES[f->type]);
             return AC_ERR_CONFLICT;
         }
         if (help != NULL && *help != '\0' && strcmp(f->help, help) != 0) {
@@ -243,10 +263,11 @@ int ac_metrics_declare(ac_metrics_t *m, const char *name, ac_metric_type_t type,
     return 0;
 }
 
-/* The series to update, declaring the family as `type` on first use. NULL (logged) on a
- * type mismatch, an invalid name or OOM; the update is then dropped. */
+/* The series to update, declaring the family as `type` on first use (its family in
+ * *f_out when f_out is not NULL). NULL (logged) on a type mismatch, an invalid name or OOM;
+ * the update is then dropped. */
 static series_t *lookup(ac_metrics_t *m, const char *name, const char *labels,
-                        ac_metric_type_t type, int is_gauge_ok)
+                        ac_metric_type_t type, int is_gauge_ok, const family_t **f_out)
 {
     size_t pos;
     family_t *f = family_find(m, name, &pos);
@@ -256,45 +277,50 @@ static series_t *lookup(ac_metrics_t *m, const char *name, const char *labels,
             return NULL;
         }
         f = family_insert(m, pos, name, type, NULL);
-    } else if (f->type != type && !(is_gauge_ok && f->type == AC_METRIC_GAUGE)) {
-        ac_warn("metrics: %s is a %s, not a %s; update dropped", name, TYPE_NAMES[f->type],
-                TYPE_NAMES[type]);
+    } else if (f->type != type && !(is_gauge_ok && f->type == AC_METRIC_GAUGE) &&
+               !(is_histogram(type) && is_histogram(f->type))) {
+        ac_warn("metrics: %s is a %s, not a %s; update dropped", name, KIND_NAMES[f->type],
+                KIND_NAMES[type]);
         return NULL;
     }
     series_t *s = f != NULL ? series_get(f, labels) : NULL;
     if (s == NULL && f != NULL)
         ac_warn("metrics: out of memory updating %s", name);
+    if (f_out != NULL)
+        *f_out = f;
     return s;
 }
 
 void ac_metrics_add(ac_metrics_t *m, const char *name, const char *labels, double v)
 {
-    series_t *s = lookup(m, name, labels, AC_METRIC_COUNTER, 1);
+    series_t *s = lookup(m, name, labels, AC_METRIC_COUNTER, 1, NULL);
     if (s != NULL)
         s->value += v;
 }
 
 void ac_metrics_set_counter(ac_metrics_t *m, const char *name, const char *labels, double v)
 {
-    series_t *s = lookup(m, name, labels, AC_METRIC_COUNTER, 0);
+    series_t *s = lookup(m, name, labels, AC_METRIC_COUNTER, 0, NULL);
     if (s != NULL)
         s->value = v;
 }
 
 void ac_metrics_set(ac_metrics_t *m, const char *name, const char *labels, double v)
 {
-    series_t *s = lookup(m, name, labels, AC_METRIC_GAUGE, 0);
+    series_t *s = lookup(m, name, labels, AC_METRIC_GAUGE, 0, NULL);
     if (s != NULL)
         s->value = v;
 }
 
 void ac_metrics_observe(ac_metrics_t *m, const char *name, const char *labels, double v)
 {
-    series_t *s = lookup(m, name, labels, AC_METRIC_HISTOGRAM, 0);
+    const family_t *f = NULL;
+    series_t *s = lookup(m, name, labels, AC_METRIC_HISTOGRAM, 0, &f);
     if (s == NULL)
         return;
+    const buckets_t *bk = family_buckets(f);
     for (size_t i = 0; i < NBUCKETS; i++) {
-        if (v <= BUCKET_BOUNDS[i]) {
+        if (v <= bk->bounds[i]) {
             s->buckets[i]++;
             break;
         }
@@ -390,7 +416,7 @@ static void render_family(buf_t *b, const ac_metrics_t *m, const family_t *f)
         const series_t *s = f->series[i];
         const char *open = *s->labels != '\0' ? "{" : "";
         const char *close = *s->labels != '\0' ? "}" : "";
-        if (f->type != AC_METRIC_HISTOGRAM) {
+        if (!is_histogram(f->type)) {
             format_value(s->value, num);
             buf_printf(b, "%s%s%s%s%s %s\n", m->prefix, f->name, open, s->labels, close, num);
             continue;
@@ -400,7 +426,7 @@ static void render_family(buf_t *b, const ac_metrics_t *m, const family_t *f)
         for (size_t k = 0; k < NBUCKETS; k++) {
             cumulative += s->buckets[k];
             buf_printf(b, "%s%s_bucket{%s%sle=\"%s\"} %llu\n", m->prefix, f->name, s->labels, sep,
-                       BUCKET_LABELS[k], (unsigned long long)cumulative);
+                       family_buckets(f)->labels[k], (unsigned long long)cumulative);
         }
         buf_printf(b, "%s%s_bucket{%s%sle=\"+Inf\"} %llu\n", m->prefix, f->name, s->labels, sep,
                    (unsigned long long)s->count);

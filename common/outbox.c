@@ -793,7 +793,7 @@ ac_outbox_t *ac_outbox_new(struct ev_loop *loop, const ac_outbox_config_t *cfg)
                            "Events handed to the bus by the outbox relay");
         ac_metrics_declare(cfg->metrics, "outbox_published_sequence", AC_METRIC_GAUGE,
                            "Last sequence handed to the bus");
-        ac_metrics_declare(cfg->metrics, "outbox_batch_size", AC_METRIC_HISTOGRAM,
+        ac_metrics_declare(cfg->metrics, "outbox_batch_size", AC_METRIC_SIZES,
                            "Events numbered per relay transaction");
         ac_metrics_declare(cfg->metrics, "outbox_pruned_total", AC_METRIC_COUNTER,
                            "Published events deleted from the outbox after the retention");

@@ -655,7 +655,7 @@ void intake_api_setup(intake_t *self)
          "Ticket creates answered from an earlier request with the same Idempotency-Key"},
         {"ticket_create_rejected_total", AC_METRIC_COUNTER,
          "Ticket creates refused by the database checks, by error code"},
-        {"create_batch_size", AC_METRIC_HISTOGRAM, "Ticket creates per group-commit transaction"},
+        {"create_batch_size", AC_METRIC_SIZES, "Ticket creates per group-commit transaction"},
         {"create_batches_total", AC_METRIC_COUNTER, "Group-commit transactions started"},
         {"create_batch_requests_total", AC_METRIC_COUNTER,
          "Ticket creates sent in group-commit transactions"},

@@ -126,6 +126,39 @@ static void test_histogram_without_labels(void **state)
     ac_metrics_destroy(&m);
 }
 
+/* A histogram of sizes (rows per batch) gets power-of-two buckets, not seconds; a second
+ * declaration as the other kind of histogram is refused. */
+static void test_histogram_of_sizes(void **state)
+{
+    ac_metrics_t *m = ac_metrics_new("svc");
+    assert_int_equal(ac_metrics_declare(m, "batch_size", AC_METRIC_SIZES, "Rows per batch"), 0);
+    assert_int_equal(ac_metrics_declare(m, "batch_size", AC_METRIC_HISTOGRAM, NULL),
+                     AC_ERR_CONFLICT);
+    ac_metrics_observe(m, "batch_size", NULL, 1);
+    ac_metrics_observe(m, "batch_size", NULL, 15);
+    ac_metrics_observe(m, "batch_size", NULL, 16);
+    ac_metrics_observe(m, "batch_size", NULL, 5000); /* only in +Inf */
+    assert_render(m, "# HELP svc_batch_size Rows per batch\n"
+                     "# TYPE svc_batch_size histogram\n"
+                     "svc_batch_size_bucket{le=\"1\"} 1\n"
+                     "svc_batch_size_bucket{le=\"2\"} 1\n"
+                     "svc_batch_size_bucket{le=\"4\"} 1\n"
+                     "svc_batch_size_bucket{le=\"8\"} 1\n"
+                     "svc_batch_size_bucket{le=\"16\"} 3\n"
+                     "svc_batch_size_bucket{le=\"32\"} 3\n"
+                     "svc_batch_size_bucket{le=\"64\"} 3\n"
+                     "svc_batch_size_bucket{le=\"128\"} 3\n"
+                     "svc_batch_size_bucket{le=\"256\"} 3\n"
+                     "svc_batch_size_bucket{le=\"512\"} 3\n"
+                     "svc_batch_size_bucket{le=\"1024\"} 3\n"
+                     "svc_batch_size_bucket{le=\"2048\"} 3\n"
+                     "svc_batch_size_bucket{le=\"4096\"} 3\n"
+                     "svc_batch_size_bucket{le=\"+Inf\"} 4\n"
+                     "svc_batch_size_sum 5032\n"
+                     "svc_batch_size_count 4\n");
+    ac_metrics_destroy(&m);
+}
+
 static void test_families_sorted_and_no_prefix(void **state)
 {
     ac_metrics_t *m = ac_metrics_new(NULL);
@@ -208,6 +241,7 @@ int main(void)
         cmocka_unit_test(test_gauge_set_and_add),
         cmocka_unit_test(test_histogram_buckets_are_cumulative),
         cmocka_unit_test(test_histogram_without_labels),
+        cmocka_unit_test(test_histogram_of_sizes),
         cmocka_unit_test(test_families_sorted_and_no_prefix),
         cmocka_unit_test(test_declare_rules),
         cmocka_unit_test(test_many_series_stay_distinct),
