@@ -1,28 +1,22 @@
 /* batch.c — group commit of ticket creates.
  *
- * Validated creates queue up; up to AC_INTAKE_BATCH_MAX of them run in ONE transaction of
- * two round trips:
- *   1. the batch's first ticket number (intake_store_add_numbers_from()) and one
- *      intake.create_tickets() call for the whole batch (migrations 002, 009): one
+ * Validated creates queue up; whenever no batch is in flight, up to AC_INTAKE_BATCH_MAX
+ * of them run in ONE transaction of two round trips:
+ *   1. one intake.create_tickets() call for the whole batch (migration 002): one
  *      statement for N requests, which never raises for expected problems but returns a
  *      status per request — a statement per request costs 2.5x as much database time;
- *   2. the claim of the batch's numbers (intake.numbers_claim()), one multi-row
- *      intake.outbox INSERT of the tickets actually created, then COMMIT.
+ *   2. one multi-row intake.outbox INSERT of the tickets actually created, then COMMIT.
  * Clients are answered after the commit. Requests arriving meanwhile keep queueing, so
  * under load a batch carries everything that came in during the previous one and the
  * commit (WAL flush) cost is shared.
  *
- * Two batches may be in flight. Ticket numbers are gap-free per day, so a batch must know
- * where the one before it ends: the next batch is numbered (round trip 1 sent) once the
- * batch before has returned its round trip 1, and then runs beside that batch's round
- * trip 2. Numbers are taken at commit (migration 009): the claim only succeeds when they
- * are the next ones, waiting for the batch before to commit; when that batch failed the
- * claim fails too (SQLSTATE 40001) and the batch is retried. After any failure the next
- * number is unknown, and the next batch reads the day's counter alone.
+ * One batch at a time: every create updates the same per-day counter row, which would
+ * serialise concurrent batches anyway (and two batches could deadlock on idempotency
+ * keys claimed in opposite orders).
  *
  * A batch that fails with an SQL error (AC_ERR_DB) is retried request by request through
- * intake.create_ticket(), alone, so one bad request cannot fail the others and a race on
- * an Idempotency-Key with another transaction is resolved; AC_ERR_UNAVAILABLE answers them
+ * intake.create_ticket(), so one bad request cannot fail the others and a race on an
+ * Idempotency-Key with another transaction is resolved; AC_ERR_UNAVAILABLE answers them
  * all 503. */
 #include <stdlib.h>
 #include <string.h>
@@ -43,11 +37,9 @@ struct intake_create {
 
 typedef struct create_batch {
     intake_t *self;
-    ac_db_txn_t *txn;    /* owned */
-    int is_retry;        /* a single request of a failed batch (numbered under the lock) */
-    int is_numbering;    /* round trip 1 is out: self->is_numbering is this batch's */
-    int is_committing;   /* round trip 2 (with the COMMIT) is in flight */
-    unsigned number_gen; /* self->number_gen when it was numbered */
+    ac_db_txn_t *txn;  /* owned */
+    int is_retry;      /* a single request of a failed batch */
+    int is_committing; /* round trip 2 (with the COMMIT) is in flight */
     size_t n;
     intake_create_t *items[]; /* owned */
 } create_batch_t;
@@ -154,24 +146,12 @@ static void batch_free(create_batch_t *b)
     free(b);
 }
 
-/* Round trip 1 is over (or the batch is): the next batch may be numbered. */
-static void batch_numbered(create_batch_t *b)
-{
-    if (b->is_numbering) {
-        b->is_numbering = 0;
-        b->self->is_numbering = 0;
-    }
-}
-
 /* The batch is over (answered or handed to the retry queue): start the next one. */
 static void batch_done(create_batch_t *b)
 {
     intake_t *self = b->self;
-    batch_numbered(b);
-    if (b->is_retry) /* it numbered under the counter's lock: read the counter again */
-        self->number_next = 0;
     batch_free(b);
-    self->nbatches--;
+    self->is_batch_in_flight = 0;
     kick(self);
 }
 
@@ -184,41 +164,11 @@ static void batch_succeeded(create_batch_t *b)
     batch_done(b);
 }
 
-/* Puts the batch's requests back at the head of the queue, in their order, to be numbered
- * again in a new batch. */
-static void batch_requeue(create_batch_t *b)
-{
-    intake_t *self = b->self;
-    for (size_t i = b->n; i-- > 0;) {
-        intake_create_t *c = b->items[i];
-        json_decref(c->result.doc);
-        memset(&c->result, 0, sizeof c->result);
-        c->next = self->queue_head;
-        self->queue_head = c;
-        if (!self->queue_tail)
-            self->queue_tail = c;
-        self->queue_len++;
-    }
-    b->n = 0;
-}
-
 static void batch_failed(create_batch_t *b, int err)
 {
     intake_t *self = b->self;
-    /* Whatever it numbered is not committed: a batch numbered after it fails its claim, and
-     * the next one reads the counter. */
-    self->number_next = 0;
-    self->number_gen++;
-    if (err == AC_ERR_DB && !b->is_retry && strcmp(ac_db_txn_sqlstate(b->txn), "40001") == 0) {
-        /* its numbers were not the next ones (the batch before it failed): number again */
-        ac_metrics_add(self->metrics, "create_batch_renumbered_total", NULL, 1);
-        batch_requeue(b);
-        batch_done(b);
-        return;
-    }
-    /* Any other SQL error of the batch statement (including a batch of one: an
-     * Idempotency-Key claimed meanwhile by another transaction) is settled by
-     * intake.create_ticket(). */
+    /* Any SQL error of the batch statement (including a batch of one: an Idempotency-Key
+     * claimed meanwhile by another transaction) is settled by intake.create_ticket(). */
     if (err == AC_ERR_DB && !b->is_retry) {
         ac_warn("create batch of %zu failed (SQLSTATE %s: %s); retrying each request alone", b->n,
                 ac_db_txn_sqlstate(b->txn), ac_db_txn_errmsg(b->txn));
@@ -256,28 +206,6 @@ static void on_batch_committed(ac_db_txn_t *txn, int err, void *arg)
         batch_succeeded(b);
 }
 
-/* Widens [*first, *last] of `day` to the number of a new ticket of the batch. The batch's
- * numbers are one run of one day; AC_ERR_PROTO (logged) otherwise. */
-static int note_number(const json_t *doc, char day[11], int64_t *first, int64_t *last)
-{
-    const char *number = json_string_value(json_object_get(doc, "number"));
-    char d[11];
-    int64_t seq;
-    if (intake_number_parse(number, d, &seq) < 0 || (*first > 0 && strcmp(d, day) != 0)) {
-        ac_error("create batch: unexpected ticket number %s", number ? number : "(none)");
-        return AC_ERR_PROTO;
-    }
-    if (*first == 0) {
-        memcpy(day, d, sizeof d);
-        *first = *last = seq;
-    } else if (seq < *first) {
-        *first = seq;
-    } else if (seq > *last) {
-        *last = seq;
-    }
-    return 0;
-}
-
 /* Round trip 1 is back: read each request's outcome, queue the events of the new tickets
  * and commit. */
 static void on_batch_created(ac_db_txn_t *txn, int err, void *arg)
@@ -294,14 +222,10 @@ static void on_batch_created(ac_db_txn_t *txn, int err, void *arg)
         batch_failed(b, AC_ERR_UNAVAILABLE);
         return;
     }
-    char day[11] = "";
-    int64_t first = 0, last = 0;
     for (size_t i = 0; i < b->n; i++) {
         intake_create_t *c = b->items[i];
         rc = b->is_retry ? intake_store_create_ticket_result(txn, (int)i, &c->result)
-                         : intake_store_create_tickets_result(txn, 1, b->n, i, &c->result);
-        if (rc == 0 && !b->is_retry && c->result.outcome == INTAKE_CREATE_CREATED)
-            rc = note_number(c->result.doc, day, &first, &last);
+                         : intake_store_create_tickets_result(txn, b->n, i, &c->result);
         if (rc < 0) {
             ac_outbox_rows_clear(&rows);
             batch_failed(b, AC_ERR_DB);
@@ -332,23 +256,6 @@ static void on_batch_created(ac_db_txn_t *txn, int err, void *arg)
             return;
         }
     }
-    if (b->is_numbering) { /* the next batch may be numbered, and sent */
-        intake_t *self = b->self;
-        if (b->number_gen != self->number_gen) {
-            /* a batch before it failed meanwhile: these numbers cannot be claimed */
-            ac_outbox_rows_clear(&rows);
-            ac_metrics_add(self->metrics, "create_batch_renumbered_total", NULL, 1);
-            batch_requeue(b);
-            batch_done(b);
-            return;
-        }
-        if (first > 0) {
-            self->number_next = last + 1;
-            memcpy(self->number_day, day, sizeof day);
-        }
-        batch_numbered(b);
-        kick(self);
-    }
     if (rows.n == 0) { /* nothing was written: no commit to wait for */
         ac_outbox_rows_clear(&rows);
         batch_succeeded(b);
@@ -357,8 +264,6 @@ static void on_batch_created(ac_db_txn_t *txn, int err, void *arg)
     /* (synchronous commit: its NOTIFY would hold every notifying commit of the database
      * through this disk flush; on_batch_committed() wakes the relay instead) */
     rc = ac_outbox_add_self_wake(txn);
-    if (rc == 0 && first > 0)
-        rc = intake_store_add_numbers_claim(txn, day, first, last);
     if (rc == 0)
         rc = intake_store_add_outbox_rows(txn, &rows);
     ac_outbox_rows_clear(&rows);
@@ -393,8 +298,6 @@ static void batch_start(intake_t *self, int is_retry)
     }
     b->self = self;
     b->is_retry = is_retry;
-    b->is_numbering = !is_retry;
-    b->number_gen = self->number_gen;
     for (size_t i = 0; i < n; i++) {
         b->items[i] = is_retry ? queue_pop(&self->retry_head, &self->retry_tail)
                                : queue_pop(&self->queue_head, &self->queue_tail);
@@ -402,9 +305,7 @@ static void batch_start(intake_t *self, int is_retry)
     }
     if (!is_retry)
         self->queue_len -= n;
-    if (self->nbatches++ > 0)
-        ac_metrics_add(self->metrics, "create_batches_overlapped_total", NULL, 1);
-    self->is_numbering |= b->is_numbering;
+    self->is_batch_in_flight = 1;
     ac_metrics_observe(self->metrics, "create_batch_size", NULL, (double)n);
     ac_metrics_add(self->metrics, "create_batches_total", NULL, 1);
     ac_metrics_add(self->metrics, "create_batch_requests_total", NULL, (double)n);
@@ -418,10 +319,7 @@ static void batch_start(intake_t *self, int is_retry)
         intake_create_args_t **args = n ? malloc(n * sizeof(intake_create_args_t *)) : NULL;
         for (size_t i = 0; args && i < n; i++)
             args[i] = &b->items[i]->args;
-        rc = !args ? AC_ERR_NOMEM
-                   : intake_store_add_numbers_from(b->txn, self->number_next, self->number_day);
-        if (rc == 0)
-            rc = intake_store_add_create_tickets(b->txn, args, n);
+        rc = args ? intake_store_add_create_tickets(b->txn, args, n) : AC_ERR_NOMEM;
         free(args);
     }
     if (rc == 0)
@@ -431,27 +329,17 @@ static void batch_start(intake_t *self, int is_retry)
     /* otherwise b belongs to on_batch_created(), which frees it */
 } // NOLINT(clang-analyzer-unix.Malloc): b is owned by the pending callback
 
-/* A second batch goes out beside the one in flight only with at least this many requests:
- * every batch costs about as much database time as eight more requests in it, so a small
- * one is cheaper waiting for the next. tests/bench/intake.sh, closed loop, 16 clients:
- * with 1, more than half of the batches carried one request and throughput fell 10 %
- * below one batch at a time; with 4 and 8 it rose 6-20 %; with 12 and 16 it fell again. */
-#define OVERLAP_MIN 8
-
-/* Starts what may start: the retries of a failed batch first, one request each and alone;
- * then up to batch_max queued requests, when no batch is being numbered and the next
- * number is known (or nothing is in flight, so that the counter can be read). */
+/* Starts the next batch when none is in flight: the retries of a failed batch first, one
+ * request each, then up to batch_max queued requests. */
 static void kick(intake_t *self)
 {
     if (self->is_kicking) /* a batch failed synchronously inside batch_start() */
         return;
     self->is_kicking = 1;
-    while (!self->is_closed) {
-        if (self->retry_head && self->nbatches == 0)
+    while (!self->is_closed && !self->is_batch_in_flight) {
+        if (self->retry_head)
             batch_start(self, 1);
-        else if (!self->retry_head && self->queue_head && !self->is_numbering &&
-                 (self->nbatches == 0 ||
-                  (self->nbatches < 2 && self->number_next > 0 && self->queue_len >= OVERLAP_MIN)))
+        else if (self->queue_head)
             batch_start(self, 0);
         else
             break;

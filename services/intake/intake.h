@@ -72,12 +72,8 @@ typedef struct intake {
     intake_create_t *queue_head, *queue_tail; /* validated creates, in arrival order */
     size_t queue_len;
     intake_create_t *retry_head, *retry_tail; /* creates of a failed batch, run alone */
-    int nbatches;        /* in flight: at most 2 (the second numbered after the first) */
-    int is_numbering;    /* a batch's first round trip is out: its numbers are not known */
-    int64_t number_next; /* the next batch's first ticket number; 0 = read the counter */
-    char number_day[11]; /* the day of number_next, YYYY-MM-DD */
-    unsigned number_gen; /* + 1 at every failed batch: numbers taken before are stale */
-    int is_kicking;      /* inside batch.c's kick(): no recursion */
+    int is_batch_in_flight;
+    int is_kicking; /* inside batch.c's kick(): no recursion */
 } intake_t;
 
 /* api.c */

@@ -3,7 +3,6 @@
  * wire once, already in its final shape. */
 #include "store.h"
 
-#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,13 +31,6 @@ static const char SQL_CREATE_TICKETS[] =
     "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "
     "$8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], "
     "$15::text[])";
-
-/* migration 009: the batch's first number (or 'read'), local to the transaction */
-static const char SQL_NUMBERS_FROM[] = "SELECT set_config('intake.number_next', $1::text, true), "
-                                       "set_config('intake.number_day', $2::text, true)";
-
-static const char SQL_NUMBERS_CLAIM[] =
-    "SELECT intake.numbers_claim($1::date, $2::bigint, $3::bigint)";
 
 /* Many outbox rows in one statement: ids and topics as text arrays, envelopes as a binary
  * bytea[] (so one statement trigger, one NOTIFY, one executor start per batch). */
@@ -164,8 +156,6 @@ static const char SQL_FOLLOW_FAILED[] =
 const ac_db_stmt_t intake_stmts[INTAKE_STMT__COUNT] = {
     [INTAKE_STMT_CREATE_TICKET] = {SQL_CREATE_TICKET, INTAKE_CREATE_NARGS},
     [INTAKE_STMT_CREATE_TICKETS] = {SQL_CREATE_TICKETS, INTAKE_CREATE_NARGS},
-    [INTAKE_STMT_NUMBERS_FROM] = {SQL_NUMBERS_FROM, 2},
-    [INTAKE_STMT_NUMBERS_CLAIM] = {SQL_NUMBERS_CLAIM, 3},
     [INTAKE_STMT_OUTBOX_INSERT] = {SQL_OUTBOX_INSERT, 3},
     [INTAKE_STMT_OUTBOX_INSERT_MANY] = {SQL_OUTBOX_INSERT_MANY, 3},
     [INTAKE_STMT_TICKET_GET] = {SQL_TICKET_GET, 1},
@@ -325,10 +315,10 @@ int intake_store_create_ticket_result(const ac_db_txn_t *t, int i, intake_create
     return create_result_row(res, 0, 0, out);
 }
 
-int intake_store_create_tickets_result(const ac_db_txn_t *t, int stmt, size_t n, size_t i,
+int intake_store_create_tickets_result(const ac_db_txn_t *t, size_t n, size_t i,
                                        intake_create_result_t *out)
 {
-    const PGresult *res = ac_db_txn_rows(t, stmt);
+    const PGresult *res = ac_db_txn_rows(t, 0);
     if (!res || (size_t)PQntuples(res) != n || PQnfields(res) != 5 ||
         strtoul(PQgetvalue(res, (int)i, 0), NULL, 10) != i + 1) {
         memset(out, 0, sizeof *out);
@@ -336,46 +326,6 @@ int intake_store_create_tickets_result(const ac_db_txn_t *t, int stmt, size_t n,
         return AC_ERR_PROTO;
     }
     return create_result_row(res, (int)i, 1, out);
-}
-
-int intake_store_add_numbers_from(ac_db_txn_t *t, int64_t first, const char *day)
-{
-    char next[24];
-    if (first > 0)
-        snprintf(next, sizeof next, "%" PRId64, first);
-    else
-        snprintf(next, sizeof next, "read");
-    const char *values[2] = {next, day ? day : ""};
-    return ac_db_txn_add(t, INTAKE_STMT_NUMBERS_FROM, values, NULL, NULL);
-}
-
-int intake_store_add_numbers_claim(ac_db_txn_t *t, const char *day, int64_t first, int64_t last)
-{
-    char a[24], b[24];
-    snprintf(a, sizeof a, "%" PRId64, first);
-    snprintf(b, sizeof b, "%" PRId64, last);
-    const char *values[3] = {day, a, b};
-    return ac_db_txn_add(t, INTAKE_STMT_NUMBERS_CLAIM, values, NULL, NULL);
-}
-
-int intake_number_parse(const char *number, char day_out[11], int64_t *seq_out)
-{
-    /* SV-YYYYMMDD-NNNNNN: the daily sequence has at least six digits */
-    if (!number || strncmp(number, "SV-", 3) != 0 || strlen(number) < 18 || number[11] != '-')
-        return -1;
-    for (int i = 3; i < 11; i++)
-        if (number[i] < '0' || number[i] > '9')
-            return -1;
-    for (const char *p = number + 12; *p; p++)
-        if (*p < '0' || *p > '9')
-            return -1;
-    errno = 0;
-    long long seq = strtoll(number + 12, NULL, 10);
-    if (errno != 0 || seq < 1)
-        return -1;
-    snprintf(day_out, 11, "%.4s-%.2s-%.2s", number + 3, number + 7, number + 9);
-    *seq_out = (int64_t)seq;
-    return 0;
 }
 
 int intake_store_add_outbox(ac_db_txn_t *t, const char *event_id, const char *topic,

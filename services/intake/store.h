@@ -22,8 +22,6 @@
 enum intake_stmt {
     INTAKE_STMT_CREATE_TICKET,
     INTAKE_STMT_CREATE_TICKETS,
-    INTAKE_STMT_NUMBERS_FROM,
-    INTAKE_STMT_NUMBERS_CLAIM,
     INTAKE_STMT_OUTBOX_INSERT,
     INTAKE_STMT_OUTBOX_INSERT_MANY,
     INTAKE_STMT_TICKET_GET,
@@ -78,24 +76,12 @@ typedef struct intake_create_result {
  * the row is not what the function returns (logged). */
 int intake_store_create_ticket_result(const ac_db_txn_t *t, int i,
                                       intake_create_result_t *out) AC_WUR;
-/* A whole batch in one statement (intake.create_tickets(), migration 002), statement
- * `stmt` of its round trip; then read request i (0-based) of n. */
+/* A whole batch in one statement (intake.create_tickets(), migration 002): add it as the
+ * round trip's first statement, then read request i (0-based) of n. */
 int intake_store_add_create_tickets(ac_db_txn_t *t, intake_create_args_t *const *args,
                                     size_t n) AC_WUR;
-int intake_store_create_tickets_result(const ac_db_txn_t *t, int stmt, size_t n, size_t i,
+int intake_store_create_tickets_result(const ac_db_txn_t *t, size_t n, size_t i,
                                        intake_create_result_t *out) AC_WUR;
-
-/* Ticket numbers taken at commit (migration 009). numbers_from, before create_tickets in
- * the same transaction: number the batch from `first` of `day` ("YYYY-MM-DD"), or from the
- * day's counter + 1 when first is 0 (then only right when no other batch is in flight).
- * numbers_claim, before COMMIT: claims first..last of day; the COMMIT fails (40001) when
- * they are not the next ones. */
-int intake_store_add_numbers_from(ac_db_txn_t *t, int64_t first, const char *day) AC_WUR;
-int intake_store_add_numbers_claim(ac_db_txn_t *t, const char *day, int64_t first,
-                                   int64_t last) AC_WUR;
-/* The day ("YYYY-MM-DD") and daily sequence of a ticket number SV-YYYYMMDD-NNNNNN; -1 when
- * it is not one. */
-int intake_number_parse(const char *number, char day_out[11], int64_t *seq_out);
 
 /* INSERT INTO intake.outbox (event_id, topic, envelope): envelope sent binary. */
 int intake_store_add_outbox(ac_db_txn_t *t, const char *event_id, const char *topic,
