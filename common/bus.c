@@ -211,14 +211,20 @@ int ac_zsock_connect(ac_zsock_t *s, const char *endpoint)
     return 0;
 }
 
-static int set_int(ac_zsock_t *s, int option, int value, const char *name)
+/* A fixed-size option (int, int64, uint64), logged by name when refused. */
+static int set_opt(ac_zsock_t *s, int option, const void *value, size_t len, const char *name)
 {
     touch(s);
-    if (zmq_setsockopt(s->zs, option, &value, sizeof(value)) != 0) {
+    if (zmq_setsockopt(s->zs, option, value, len) != 0) {
         ac_error("bus: setsockopt %s: %s", name, zmq_strerror(errno));
         return AC_ERR_INVALID;
     }
     return 0;
+}
+
+static int set_int(ac_zsock_t *s, int option, int value, const char *name)
+{
+    return set_opt(s, option, &value, sizeof(value), name);
 }
 
 int ac_zsock_set_hwm(ac_zsock_t *s, int sndhwm, int rcvhwm)
@@ -229,22 +235,12 @@ int ac_zsock_set_hwm(ac_zsock_t *s, int sndhwm, int rcvhwm)
 
 int ac_zsock_set_affinity(ac_zsock_t *s, uint64_t threads)
 {
-    touch(s);
-    if (zmq_setsockopt(s->zs, ZMQ_AFFINITY, &threads, sizeof(threads)) != 0) {
-        ac_error("bus: setsockopt AFFINITY: %s", zmq_strerror(errno));
-        return AC_ERR_INVALID;
-    }
-    return 0;
+    return set_opt(s, ZMQ_AFFINITY, &threads, sizeof(threads), "AFFINITY");
 }
 
 int ac_zsock_set_maxmsgsize(ac_zsock_t *s, int64_t bytes)
 {
-    touch(s);
-    if (zmq_setsockopt(s->zs, ZMQ_MAXMSGSIZE, &bytes, sizeof(bytes)) != 0) {
-        ac_error("bus: setsockopt MAXMSGSIZE: %s", zmq_strerror(errno));
-        return AC_ERR_INVALID;
-    }
-    return 0;
+    return set_opt(s, ZMQ_MAXMSGSIZE, &bytes, sizeof(bytes), "MAXMSGSIZE");
 }
 
 int ac_zsock_set_immediate(ac_zsock_t *s, int on)
